@@ -1,0 +1,31 @@
+"""The project's own exceptions. Each edge wraps foreign errors in one of these."""
+
+from __future__ import annotations
+
+
+class TaggerError(Exception):
+    """Base class: a one-line, user-facing reason, optionally about one path."""
+
+    def __init__(self, reason: str, path: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+class DecodeError(TaggerError):
+    """A file could not be decoded (corrupt, not audio, unreadable, no audio stream)."""
+
+
+class CheckpointError(TaggerError):
+    """A checkpoint is missing, malformed or tampered with."""
+
+
+class DatabaseError(TaggerError):
+    """The SQLite index cannot be opened, is locked by another scan, or is too new."""
+
+
+class UserError(TaggerError):
+    """Bad arguments or configuration that the user can fix."""

@@ -1,0 +1,65 @@
+"""Run a checkpoint over decoded excerpts: log-mels on the model's device, segments, the
+CNN-RNN per excerpt window, and the track's probabilities as the mean over its windows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from tagger.checkpoint import Checkpoint
+from tagger.errors import UserError
+from tagger.features import LogMel, log_mel_segments
+from tagger.pool import available_cores
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' takes CUDA, then Apple's MPS, then the CPU; asking for a missing one is an error."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if name == "cuda" and not cuda:
+        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    if name == "mps" and not mps:
+        raise UserError("--device mps asked for, but this PyTorch has no MPS device; use --device cpu")
+    if name not in DEVICES:
+        raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+class Classifier:
+    """A loaded model on a device. classify() takes each track's excerpt windows."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto"):
+        self.checkpoint = checkpoint
+        self.genres = checkpoint.genres
+        self.model_id = checkpoint.model_id
+        self.settings = checkpoint.features
+        self.device = pick_device(device)
+        self.net = checkpoint.build()
+        self.net.cnn.fuse_batch_norm()          # inference only: a checkpoint keeps its BN
+        self.net.to(self.device, memory_format=torch.channels_last)   # conv weights: 2x on CPUs
+        self.log_mel = LogMel(self.settings).to(self.device)
+
+    def share_cpu_with(self, workers: int) -> None:
+        """On the CPU, leave the cores that decoder processes use to them: more threads than
+        cores makes PyTorch's threads spin and wait instead of working."""
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, available_cores() - workers))
+
+    @torch.inference_mode()
+    def classify(self, tracks: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+        """tracks: per track, its excerpt windows as float32 mono arrays at the model's
+        sample rate. Returns probabilities (n_tracks, n_genres), each row summing to 1."""
+        windows = [torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(self.device)
+                   for track in tracks for w in track]
+        owner = torch.tensor([i for i, track in enumerate(tracks) for _ in track], device=self.device)
+        segments, lengths = log_mel_segments(windows, self.settings, self.log_mel)
+        probs = torch.softmax(self.net(segments, lengths).float(), dim=-1)   # (windows, genres)
+        summed = torch.zeros(len(tracks), probs.shape[1], device=self.device).index_add_(0, owner, probs)
+        counts = torch.bincount(owner, minlength=len(tracks)).clamp(min=1)[:, None]
+        return (summed / counts).cpu().numpy()

@@ -1,0 +1,42 @@
+"""Which checkpoint file to use and its model id, without importing torch (so that a rescan
+of an unchanged library never pays for loading the model)."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+from tagger.errors import UserError
+
+DEFAULT_MODEL_NAME = "default.pt"
+ENV_VAR = "TAGGER_MODEL"
+
+
+def file_model_id(path: str | Path) -> str:
+    """The first 12 hex digits of the file's SHA-256: a new model makes old predictions stale."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def default_model_path() -> Path | None:
+    """The model shipped inside the package, or None while there is none."""
+    candidate = resources.files("tagger") / "data" / DEFAULT_MODEL_NAME
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def resolve_model(option: Path | None) -> tuple[Path, str]:
+    """(checkpoint path, model id) for a --model option, falling back to the shipped model."""
+    path = option or default_model_path()
+    if path is None:
+        raise UserError("no default model ships with this version of tagger yet; pass "
+                        f"--model PATH (or set {ENV_VAR}) to a tagger checkpoint file")
+    try:
+        return path, file_model_id(path)
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory; --model takes a checkpoint file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the model ({exc.strerror})") from None

@@ -1,0 +1,66 @@
+"""Shared fixtures: small random-weight checkpoints made through the project's own API, and
+libraries of generated audio. No GTZAN, no GPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tagger import synth
+from tagger.checkpoint import new_checkpoint, save
+from tagger.features import FeatureSettings
+from tagger.model import GenreCRNN, ModelSettings
+
+# A small model keeps the tests quick; the plumbing is the same as the default's.
+SMALL = ModelSettings(channels=(8, 16, 16, 32), rnn_hidden=32)
+
+
+def make_checkpoint(path: Path, seed: int = 0, **model_settings) -> Path:
+    torch.manual_seed(seed)
+    net = GenreCRNN(ModelSettings(**{**SMALL.__dict__, **model_settings}))
+    save(new_checkpoint(net, FeatureSettings(), provenance={"made_by": "tests"}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("models") / "random.pt")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test reads or writes the user's real index or model settings."""
+    monkeypatch.delenv("TAGGER_MODEL", raising=False)
+    monkeypatch.setenv("TAGGER_DB", str(tmp_path / "env-index.db"))
+
+
+def write_track(path: Path, seconds: float = 3.0, kind: str = "tone", sample_rate: int = 22050,
+                channels: int = 1, freq: float = 440.0, seed: int = 0) -> Path:
+    """Encode a generated signal into `path` (format from the extension)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    signal = {
+        "tone": lambda: synth.tone(freq, seconds, sample_rate, channels),
+        "noise": lambda: synth.noise(seconds, sample_rate, channels, seed=seed),
+        "clicks": lambda: synth.clicks(seconds, sample_rate, channels, seed=seed),
+        "silence": lambda: synth.silence(seconds, sample_rate, channels),
+    }[kind]()
+    return synth.encode(path, signal, sample_rate)
+
+
+@pytest.fixture
+def library(tmp_path) -> Path:
+    """One short track per supported format, in nested folders."""
+    root = tmp_path / "Music"
+    for i, name in enumerate(["a/one.mp3", "a/two.flac", "b/three.ogg", "b/four.opus",
+                              "c/five.m4a", "c/six.wav", "c/seven.aiff"]):
+        write_track(root / name, seconds=2.5, kind=("tone", "noise", "clicks")[i % 3],
+                    channels=2, freq=220.0 * (i + 1), seed=i)
+    return root
+
+
+def chmod_works() -> bool:
+    """Permission tests mean nothing as root (root reads a chmod 000 file)."""
+    return hasattr(os, "geteuid") and os.geteuid() != 0

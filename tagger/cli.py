@@ -1,0 +1,275 @@
+"""The command line: a thin layer over scan, index and output.
+
+Errors of the project's own kinds become one line, "Error: ...", and exit code 1; usage
+errors exit 2 (Typer's own). torch is imported only by commands that run the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
+                           SpinnerColumn, TextColumn, TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+from tagger import __version__
+from tagger.errors import TaggerError, UserError
+from tagger.genres import GENRES, normalise_genre
+from tagger.index import ENV_VAR as DB_ENV_VAR, Index, TrackResult, default_db_path
+from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
+from tagger import output
+from tagger.pool import available_cores
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Genre probabilities for a local music library, from the audio itself.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    m3u = "m3u"
+
+
+class ShowFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+DbOption = Annotated[Path, typer.Option("--db", envvar=DB_ENV_VAR, show_default=False,
+                     help=f"The index file. \\[default: ${DB_ENV_VAR}, else {default_db_path()}]")]
+ModelOption = Annotated[Optional[Path], typer.Option(
+    "--model", envvar=MODEL_ENV_VAR, show_default=False,
+    help=f"A tagger checkpoint. \\[default: ${MODEL_ENV_VAR}, else the model shipped with tagger]")]
+DeviceOption = Annotated[Device, typer.Option("--device", help="Where the model runs.")]
+
+
+def cli_errors(command):
+    """Turn the project's own exceptions into one 'Error: ...' line and exit code 1."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TaggerError as exc:
+            err.print(f"[red]Error:[/red] {output.display(str(exc))}", highlight=False)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def load_classifier(model: Path, device: Device):
+    from tagger.checkpoint import load
+    from tagger.classify import Classifier
+    return Classifier(load(model), device.value)
+
+
+class StopRequest:
+    """The first Ctrl-C (or SIGTERM) asks the scan to finish its batch and stop; a second
+    Ctrl-C stops at once (the open transaction is rolled back)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        err.print("Stopping after the current batch... (Ctrl-C again to stop now)")
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+class SpeedColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} tracks/s" if task.speed else "", style="cyan")
+
+
+@app.command()
+@cli_errors
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to scan.", show_default=False)],
+    db: DbOption = default_db_path(),
+    model: ModelOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-classify unchanged tracks too.")] = False,
+    exclude: Annotated[list[str], typer.Option("--exclude", metavar="GLOB",
+                       help="Skip files or folders matching GLOB (name or full path); repeatable.")] = [],
+    workers: Annotated[int, typer.Option("--workers", min=0,
+                       help="Decoder processes (0 decodes in this process).")] = available_cores(),
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tracks per model batch.")] = 16,
+    device: DeviceOption = Device.auto,
+) -> None:
+    """Classify every audio file under PATHS into the index.
+
+    Unchanged files (same path, size, modification time and model) are skipped without being
+    opened. Unreadable files are recorded as failures and the scan goes on.
+
+    Example: [bold]tagger scan ~/Music --exclude '*/Podcasts/*'[/bold]
+    """
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder")
+    model_path, model_id = resolve_model(model)
+    started = time.monotonic()
+    with Index(db) as index, index.writer_lock():
+        from tagger.scan import ScanStats, plan, run_scan
+        with err.status("Looking for new and changed files...") if err.is_terminal else nullcontext():
+            todo, unchanged = plan(index, [str(p) for p in paths], model_id, exclude, force)
+        stats = ScanStats(unchanged=unchanged)
+        if todo:
+            classifier = load_classifier(model_path, device)
+            progress = Progress(SpinnerColumn(), TextColumn("Scanning"), BarColumn(),
+                                MofNCompleteColumn(), SpeedColumn(), TimeRemainingColumn(),
+                                console=err, disable=not err.is_terminal)
+            task = progress.add_task("scan", total=len(todo))
+
+            def on_result(result) -> None:
+                if result.status == "failed":
+                    progress.console.print(f"{output.display(result.path)}: {result.error}",
+                                           highlight=False, markup=False)
+                progress.advance(task)
+
+            with progress, StopRequest() as stop:
+                run_scan(todo, classifier, index, workers=workers, batch_size=batch_size,
+                         on_result=on_result, should_stop=stop, stats=stats)
+    print_summary(stats, time.monotonic() - started, db)
+    if stats.interrupted:
+        err.print("Interrupted: run the same command again to finish; nothing is classified twice.")
+        raise typer.Exit(130)
+
+
+def print_summary(stats, seconds: float, db: Path) -> None:
+    done = stats.classified + stats.failed + stats.silent
+    rate = f" ({done / seconds:.1f} tracks/s)" if done and seconds > 0 else ""
+    out.print(f"Scanned {done} tracks in {seconds:.1f} s{rate}: {stats.classified} classified, "
+              f"{stats.unchanged} unchanged, {stats.failed} failed, {stats.silent} silent.",
+              highlight=False)
+    if stats.failed or stats.silent:
+        out.print("List them with: tagger query --failed", highlight=False)
+    if stats.genres:
+        table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+        table.add_column("Genre")
+        table.add_column("Tracks", justify="right")
+        table.add_column("")
+        top = max(stats.genres.values())
+        for genre, n in stats.genres.most_common():
+            table.add_row(output.genre_name(genre), str(n), "█" * max(1, round(20 * n / top)))
+        out.print(table)
+    out.print(f"Index: {db}", highlight=False)
+
+
+@app.command()
+@cli_errors
+def query(
+    genre: Annotated[Optional[str], typer.Option("--genre", "-g", show_default=False,
+                     help=f"Tracks whose top genre is this one ({', '.join(GENRES)}).")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(
+        "--min-confidence", min=0.0, max=1.0, show_default=False,
+        help="With --genre: tracks whose probability for it is at least this, top genre or not.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only tracks that could not be classified.")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=0, show_default=False,
+                     help="At most this many tracks.")] = None,
+    fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = ListFormat.table,
+    db: DbOption = default_db_path(),
+) -> None:
+    """List what the index holds: every track, one genre's tracks, or the failures.
+
+    Example: [bold]tagger query --genre jazz --min-confidence 0.6 --format m3u > jazz.m3u[/bold]
+    """
+    key = None
+    if genre is not None:
+        key = normalise_genre(genre)
+        if key is None:
+            raise UserError(f"unknown genre {genre!r}; choose one of {', '.join(GENRES)}")
+    if min_confidence is not None and key is None:
+        raise UserError("--min-confidence needs --genre")
+    if not db.exists():
+        raise UserError(f"{db}: no index there yet; run `tagger scan FOLDER` first")
+    with Index(db) as index:
+        rows = index.tracks(genre=key, min_confidence=min_confidence, failed=failed, limit=limit)
+        if fmt is ListFormat.json:
+            output.write_json(rows)
+        elif fmt is ListFormat.csv:
+            output.write_csv(rows, index.genres() or GENRES)
+        elif fmt is ListFormat.m3u:
+            output.write_m3u(rows)
+        elif output.print_table(out, rows) == 0:
+            err.print("No tracks match.")
+
+
+@app.command()
+@cli_errors
+def show(
+    files: Annotated[list[Path], typer.Argument(help="Audio files to classify.", show_default=False)],
+    model: ModelOption = None,
+    device: DeviceOption = Device.auto,
+    fmt: Annotated[ShowFormat, typer.Option("--format", "-f", help="Output format.")] = ShowFormat.table,
+) -> None:
+    """Classify files and print their genre probabilities; the index is not touched.
+
+    Example: [bold]tagger show song.flac other.mp3[/bold]
+    """
+    model_path, _ = resolve_model(model)
+    classifier = load_classifier(model_path, device)
+    from tagger.pool import decode_job
+    from tagger.scan import classify_decoded, job_for
+    from tagger.crawl import Candidate
+
+    job_of = job_for(classifier)
+    rows = []
+    for f in files:
+        cand = Candidate(os.path.abspath(f), 0, 0)
+        decoded = decode_job(job_of(cand))
+        if isinstance(decoded, str):
+            result = TrackResult(cand.path, 0, 0, classifier.model_id, "failed", error=decoded)
+        else:
+            result = classify_decoded(classifier, [(cand, decoded)])[0]
+        if fmt is ShowFormat.json:
+            rows.append(result.as_row())
+        else:
+            output.bar_chart(out, result.as_row())
+    if fmt is ShowFormat.json:
+        output.write_json(rows)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"tagger {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option("--version", callback=version_callback,
+                                               is_eager=True, help="Print the version.")] = False):
+    """Genre probabilities for a local music library, from the audio itself."""
+
+
+def main() -> None:
+    app(prog_name="tagger")

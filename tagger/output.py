@@ -1,0 +1,116 @@
+"""Listing formats: rich tables and bar charts for people; JSON, CSV and M3U for programs.
+
+Machine formats go to stdout as bytes so that file names that are not valid UTF-8 survive:
+JSON escapes them (\\udcXX, which Python's json and os.fsencode turn back into the bytes),
+CSV and M3U write the raw bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from tagger.genres import DISPLAY_NAMES
+
+FORMATS = ("table", "json", "csv", "m3u")
+JSON_KEYS = ("path", "genre", "confidence", "probabilities", "model_id", "error")
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def display(path: str) -> str:
+    """A file name fit for a terminal (undecodable bytes shown as U+FFFD)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def genre_name(genre: str | None) -> str:
+    return DISPLAY_NAMES.get(genre, genre) if genre else ""
+
+
+def _write(text: str) -> None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+    sys.stdout.buffer.flush()
+
+
+def record(row: dict) -> dict:
+    """The public JSON object of one track."""
+    return {key: row.get(key) for key in JSON_KEYS}
+
+
+def write_json(rows: Iterable[dict]) -> None:
+    """A JSON array, streamed one object per line."""
+    chunk, empty = ["["], True
+    for row in rows:
+        text = json.dumps(record(row), ensure_ascii=False)
+        chunk.append(("\n  " if empty else ",\n  ") + _SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text))
+        empty = False
+        if len(chunk) >= 256:
+            _write("".join(chunk))
+            chunk = []
+    chunk.append("]\n" if empty else "\n]\n")
+    _write("".join(chunk))
+
+
+def write_csv(rows: Iterable[dict], genres: Sequence[str]) -> None:
+    """Columns: path, genre, confidence, model_id, error, then one per genre."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "genre", "confidence", "model_id", "error", *genres])
+    for row in rows:
+        probs = row.get("probabilities") or {}
+        writer.writerow([row["path"], row.get("genre") or "", _num(row.get("confidence")),
+                         row.get("model_id") or "", row.get("error") or "",
+                         *(_num(probs.get(g)) for g in genres)])
+        if buf.tell() > 1 << 16:
+            _write(buf.getvalue())
+            buf.seek(0)
+            buf.truncate()
+    _write(buf.getvalue())
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def write_m3u(rows: Iterable[dict]) -> None:
+    lines = ["#EXTM3U"] + [row["path"] for row in rows]
+    _write("\n".join(lines) + "\n")
+
+
+def print_table(console: Console, rows: Iterable[dict]) -> int:
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table.add_column("Genre", no_wrap=True)
+    table.add_column("Conf.", justify="right", no_wrap=True)
+    table.add_column("Path", overflow="fold")
+    count = 0
+    for row in rows:
+        count += 1
+        if row.get("error"):
+            table.add_row("[red]—[/red]", "", f"{display(row['path'])}  [red]({row['error']})[/red]")
+        else:
+            table.add_row(genre_name(row["genre"]), f"{row['confidence']:.0%}", display(row["path"]))
+    if count:
+        console.print(table)
+    return count
+
+
+def bar_chart(console: Console, row: dict, width: int = 30) -> None:
+    """One file's probabilities, best first, as horizontal bars."""
+    console.print(f"[bold]{display(row['path'])}[/bold]")
+    if row.get("error"):
+        console.print(f"  [red]{row['error']}[/red]")
+        return
+    table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 1))
+    for genre, p in sorted(row["probabilities"].items(), key=lambda kv: -kv[1]):
+        filled = p * width
+        bar = "█" * int(filled) + ("▌" if filled - int(filled) >= 0.5 else "")
+        style = "green" if genre == row["genre"] else "cyan"
+        table.add_row(f"  {genre_name(genre)}", f"[{style}]{bar:<{width}}[/{style}]", f"{p:6.1%}")
+    console.print(table)

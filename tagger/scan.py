@@ -1,0 +1,124 @@
+"""The scan: crawl -> plan -> decode (worker processes) -> classify (batched) -> store.
+
+No terminal I/O here: the CLI passes callbacks for progress and a function that says when to
+stop. Memory stays bounded: the pool keeps a few files in flight per worker, and at most one
+batch of decoded audio waits for the model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tagger.crawl import Candidate, crawl
+from tagger.decode import Excerpts
+from tagger.index import Index, TrackResult
+from tagger.pool import DecodeJob, DecodePool
+
+if TYPE_CHECKING:                   # importing torch is kept off the rescan path
+    from tagger.classify import Classifier
+
+SILENCE_PEAK = 10 ** (-80 / 20)     # excerpts that never rise above -80 dBFS count as silent
+
+
+@dataclass
+class ScanStats:
+    to_scan: int = 0
+    unchanged: int = 0
+    classified: int = 0
+    failed: int = 0
+    silent: int = 0
+    genres: Counter = field(default_factory=Counter)
+    interrupted: bool = False
+
+    def count(self, result: TrackResult) -> None:
+        if result.status == "ok":
+            self.classified += 1
+            self.genres[result.genre] += 1
+        elif result.status == "silent":
+            self.silent += 1
+        else:
+            self.failed += 1
+
+
+def plan(index: Index, roots: Iterable[str], model_id: str, exclude: Sequence[str] = (),
+         force: bool = False) -> tuple[list[Candidate], int]:
+    """Files to (re)classify, and how many are unchanged since the index last saw them.
+    An unchanged file (same path, size, mtime_ns and model id) is never opened."""
+    todo, unchanged = [], 0
+    for cand in crawl(roots, exclude):
+        if not force and index.is_current(cand.path, cand.size, cand.mtime_ns, model_id):
+            unchanged += 1
+        else:
+            todo.append(cand)
+    return todo, unchanged
+
+
+def job_for(classifier: Classifier) -> Callable[[Candidate], DecodeJob]:
+    s = classifier.settings
+    return lambda cand: DecodeJob(cand.path, s.sample_rate, s.excerpt_windows, s.excerpt_seconds)
+
+
+def classify_decoded(classifier: Classifier,
+                     decoded: Sequence[tuple[Candidate, Excerpts]]) -> list[TrackResult]:
+    """Silent tracks are recorded as such; the rest go through the model in one batch."""
+    results, audible = [], []
+    for cand, ex in decoded:
+        peak = max(float(np.max(np.abs(w))) if len(w) else 0.0 for w in ex.waveforms)
+        if peak < SILENCE_PEAK:
+            results.append(TrackResult(cand.path, cand.size, cand.mtime_ns, classifier.model_id,
+                                       "silent", error="silent (no sound above -80 dBFS)",
+                                       duration=ex.duration))
+        else:
+            audible.append((cand, ex))
+    if audible:
+        probs = classifier.classify([ex.waveforms for _, ex in audible])
+        for (cand, ex), row in zip(audible, probs):
+            results.append(TrackResult(
+                cand.path, cand.size, cand.mtime_ns, classifier.model_id, "ok",
+                {g: float(p) for g, p in zip(classifier.genres, row)}, duration=ex.duration))
+    return results
+
+
+def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *, workers: int,
+             batch_size: int = 16, on_result: Callable[[TrackResult], None] = lambda r: None,
+             should_stop: Callable[[], bool] = lambda: False, stats: ScanStats | None = None,
+             decode_timeout: float = 300.0) -> ScanStats:
+    """Decode, classify and store `todo`; one transaction per batch. When should_stop()
+    turns true the batch in hand is finished and stored, and the scan returns."""
+    stats = stats or ScanStats()
+    stats.to_scan = len(todo)
+    decoded: list[tuple[Candidate, Excerpts]] = []
+    failures: list[TrackResult] = []
+
+    def flush() -> None:
+        results = failures + classify_decoded(classifier, decoded)
+        index.store(results)
+        for r in results:
+            stats.count(r)
+            on_result(r)
+        decoded.clear()
+        failures.clear()
+
+    classifier.share_cpu_with(workers)
+    pool = DecodePool(workers, timeout=decode_timeout)
+    try:
+        for cand, result in pool.imap(todo, job_for(classifier)):
+            if isinstance(result, str):
+                failures.append(TrackResult(cand.path, cand.size, cand.mtime_ns,
+                                            classifier.model_id, "failed", error=result))
+            else:
+                decoded.append((cand, result))
+            if len(decoded) >= batch_size or len(failures) >= batch_size:
+                flush()
+            if should_stop():
+                stats.interrupted = True
+                break
+        flush()
+    finally:
+        pool.close()
+    return stats

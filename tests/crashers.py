@@ -1,0 +1,17 @@
+"""Decode functions that misbehave on purpose, importable by spawned worker processes."""
+
+import os
+import signal
+import time
+
+from tagger.pool import DecodeJob, decode_job
+
+
+def crash_or_decode(job: DecodeJob):
+    """Kills its own process on files named 'crash*', hangs on 'hang*', else decodes."""
+    name = os.path.basename(job.path)
+    if name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if name.startswith("hang"):
+        time.sleep(3600)
+    return decode_job(job)

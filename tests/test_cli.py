@@ -1,0 +1,203 @@
+"""The commands end to end, through Typer's CliRunner: exit codes, exact messages, the JSON
+contract, and every kind of bad input from the issue."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_track
+from tagger.cli import app
+from tagger.genres import GENRES
+from tagger.modelfile import file_model_id
+
+runner = CliRunner()
+
+
+def run(*args: str, ok: int | None = 0):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    if ok is not None:
+        assert result.exit_code == ok, result.output
+    return result
+
+
+def query_json(db: Path, *args: str) -> list[dict]:
+    return json.loads(run("query", "--db", db, "--format", "json", *args).stdout)
+
+
+def test_scan_then_query_every_format(library, model_path, tmp_path):
+    db = tmp_path / "index.db"
+    result = run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
+    assert "7 classified, 0 unchanged, 0 failed, 0 silent" in result.stdout
+    rows = query_json(db)
+    assert len(rows) == 7
+    paths = {Path(r["path"]).name for r in rows}
+    assert paths == {"one.mp3", "two.flac", "three.ogg", "four.opus", "five.m4a", "six.wav", "seven.aiff"}
+    for row in rows:
+        assert set(row) == {"path", "genre", "confidence", "probabilities", "model_id", "error"}
+        assert os.path.isabs(row["path"])
+        assert set(row["probabilities"]) == set(GENRES)
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["genre"] == max(row["probabilities"], key=row["probabilities"].get)
+        assert row["confidence"] == row["probabilities"][row["genre"]]
+        assert row["error"] is None and len(row["model_id"]) == 12
+
+
+def test_rescan_skips_unchanged_and_force_redoes(library, model_path, tmp_path):
+    db = tmp_path / "index.db"
+    run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
+    second = run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
+    assert "0 classified, 7 unchanged" in second.stdout
+    touched = library / "a" / "one.mp3"
+    os.utime(touched, ns=(1_000_000_000, 1_000_000_000))
+    third = run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
+    assert "1 classified, 6 unchanged" in third.stdout
+    forced = run("scan", library, "--db", db, "--model", model_path, "--workers", "0", "--force")
+    assert "7 classified, 0 unchanged" in forced.stdout
+    assert len(query_json(db)) == 7
+
+
+def test_new_model_makes_predictions_stale(library, model_path, tmp_path):
+    from conftest import make_checkpoint
+    db = tmp_path / "index.db"
+    run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    result = run("scan", library, "--db", db, "--model", other, "--workers", "0")
+    assert "7 classified, 0 unchanged" in result.stdout
+    assert {r["model_id"] for r in query_json(db)} == {file_model_id(other)}
+
+
+def test_worker_processes_give_the_same_result(library, model_path, tmp_path):
+    run("scan", library, "--db", tmp_path / "a.db", "--model", model_path, "--workers", "0")
+    run("scan", library, "--db", tmp_path / "b.db", "--model", model_path, "--workers", "2")
+    inline, pooled = query_json(tmp_path / "a.db"), query_json(tmp_path / "b.db")
+    assert [r["path"] for r in inline] == [r["path"] for r in pooled]
+    for a, b in zip(inline, pooled):
+        for g in GENRES:
+            assert a["probabilities"][g] == pytest.approx(b["probabilities"][g], abs=1e-6)
+
+
+def test_exclude_glob(library, model_path, tmp_path):
+    db = tmp_path / "index.db"
+    run("scan", library, "--db", db, "--model", model_path, "--workers", "0",
+        "--exclude", "*/b/*", "--exclude", "*.wav")
+    names = {Path(r["path"]).name for r in query_json(db)}
+    assert names == {"one.mp3", "two.flac", "five.m4a", "seven.aiff"}
+
+
+def test_query_filters_and_formats(library, model_path, tmp_path):
+    db = tmp_path / "index.db"
+    (library / "broken.mp3").write_bytes(os.urandom(4096))
+    run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
+    rows = query_json(db)
+    top = rows[-1]["genre"] or rows[0]["genre"]
+    by_top = query_json(db, "--genre", top)
+    assert by_top and all(r["genre"] == top for r in by_top)
+    assert [r["confidence"] for r in by_top] == sorted((r["confidence"] for r in by_top), reverse=True)
+    # --min-confidence: the probability for the genre, whether or not it is the top one
+    loose = query_json(db, "--genre", "blues", "--min-confidence", "0.0")
+    assert len(loose) == 7
+    strict = query_json(db, "--genre", "blues", "--min-confidence", "0.99")
+    assert strict == []
+    failed = query_json(db, "--failed")
+    assert [Path(r["path"]).name for r in failed] == ["broken.mp3"]
+    assert failed[0]["genre"] is None and failed[0]["error"] and failed[0]["probabilities"] == {}
+    assert len(query_json(db, "--limit", "3")) == 3
+    csv_lines = run("query", "--db", db, "--format", "csv").stdout.splitlines()
+    assert csv_lines[0] == "path,genre,confidence,model_id,error," + ",".join(GENRES)
+    assert len(csv_lines) == 9
+    m3u = run("query", "--db", db, "--genre", top, "--format", "m3u").stdout.splitlines()
+    assert m3u[0] == "#EXTM3U" and m3u[1:] == [r["path"] for r in by_top]
+    table = run("query", "--db", db).stdout
+    assert "broken.mp3" in table and "one.mp3" in table
+
+
+def test_query_accepts_display_names(library, model_path, tmp_path):
+    db = tmp_path / "index.db"
+    run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
+    assert query_json(db, "--genre", "Hip-Hop") == query_json(db, "--genre", "hiphop")
+
+
+def test_user_errors_are_one_line_exit_1(library, model_path, tmp_path):
+    db = tmp_path / "index.db"
+    result = run("query", "--db", db, ok=1)
+    assert result.stderr == f"Error: {db}: no index there yet; run `tagger scan FOLDER` first\n"
+    run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
+    result = run("query", "--db", db, "--genre", "polka", ok=1)
+    assert result.stderr.startswith("Error: unknown genre 'polka'; choose one of blues,")
+    assert result.stderr.count("\n") == 1
+    result = run("query", "--db", db, "--min-confidence", "0.5", ok=1)
+    assert result.stderr == "Error: --min-confidence needs --genre\n"
+    result = run("scan", tmp_path / "nowhere", "--db", db, "--model", model_path, ok=1)
+    assert result.stderr == f"Error: {tmp_path / 'nowhere'}: no such file or folder\n"
+    result = run("scan", library, "--db", db, "--model", tmp_path / "missing.pt", ok=1)
+    assert "Error:" in result.stderr and "missing.pt" in result.stderr
+    run("query", "--db", db, "--format", "yaml", ok=2)
+    run("scan", ok=2)
+
+
+def test_no_model_shipped_yet_is_a_clear_error(library, tmp_path):
+    result = run("scan", library, "--db", tmp_path / "i.db", ok=1)
+    assert result.stderr == ("Error: no default model ships with this version of tagger yet; "
+                             "pass --model PATH (or set TAGGER_MODEL) to a tagger checkpoint file\n")
+    assert run("show", library / "a" / "one.mp3", ok=1).stderr == result.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_tampered_checkpoint_is_refused(library, tmp_path):
+    import pickle
+    evil = tmp_path / "evil.pt"
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil.write_bytes(pickle.dumps({"format": "tagger-checkpoint", "x": Payload()}))
+    result = run("show", library / "a" / "one.mp3", "--model", evil, ok=1)
+    assert result.stderr.startswith(f"Error: {evil}: refused to load")
+    assert not marker.exists()
+
+
+def test_model_from_environment(library, model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("TAGGER_MODEL", str(model_path))
+    run("scan", library, "--workers", "0")          # index from $TAGGER_DB (conftest)
+    assert len(json.loads(run("query", "--format", "json").stdout)) == 7
+
+
+def test_show_prints_bars_and_json(library, model_path):
+    files = [library / "a" / "one.mp3", library / "b" / "three.ogg"]
+    table = run("show", *files, "--model", model_path).stdout
+    assert "one.mp3" in table and "three.ogg" in table and "%" in table and "█" in table
+    rows = json.loads(run("show", *files, "--model", model_path, "--format", "json").stdout)
+    assert [r["path"] for r in rows] == [str(f) for f in files]
+    for row in rows:
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_show_does_not_touch_the_index(library, model_path, tmp_path):
+    run("show", library / "a" / "one.mp3", "--model", model_path)
+    assert not Path(os.environ["TAGGER_DB"]).exists()
+
+
+def test_show_reports_a_bad_file_and_goes_on(library, model_path, tmp_path):
+    bad = tmp_path / "bad.flac"
+    bad.write_text("this is not audio\n")
+    rows = json.loads(run("show", bad, library / "a" / "one.mp3", "--model", model_path,
+                          "--format", "json").stdout)
+    assert rows[0]["genre"] is None and rows[0]["error"].startswith("not an audio file")
+    assert rows[1]["genre"] in GENRES
+
+
+def test_version():
+    assert run("--version").stdout.startswith("tagger ")
+
+
+def test_every_command_help_has_an_example():
+    for command in ("scan", "query", "show"):
+        assert "Example:" in run(command, "--help").stdout

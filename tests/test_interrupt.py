@@ -1,0 +1,104 @@
+"""Ctrl-C, SIGTERM and a second scan on the same index, against a real scan process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_track
+from tagger.cli import app
+
+N_TRACKS = 60
+
+
+@pytest.fixture(scope="module")
+def big_library(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("big") / "Music"
+    for i in range(N_TRACKS):
+        write_track(root / f"{i:03d}.wav", seconds=12.0, kind=("tone", "noise")[i % 2],
+                    freq=100.0 + 10 * i, seed=i)
+    return root
+
+
+def start_scan(library: Path, db: Path, model: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tagger", "scan", str(library), "--db", str(db), "--model",
+         str(model), "--workers", "1", "--batch-size", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def stored(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            return conn.execute("SELECT count(*) FROM tracks").fetchone()[0]
+    except sqlite3.OperationalError:   # not created yet
+        return 0
+
+
+def wait_for_rows(db: Path, proc: subprocess.Popen, at_least: int = 2) -> None:
+    deadline = time.monotonic() + 120
+    while stored(db) < at_least:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the scan stored nothing"
+        time.sleep(0.05)
+
+
+def check_consistent(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        partial = conn.execute(
+            "SELECT count(*) FROM tracks t WHERE t.status = 'ok' AND "
+            "(SELECT count(*) FROM probabilities p WHERE p.track_id = t.id) != 10").fetchone()[0]
+        assert partial == 0
+        orphans = conn.execute("SELECT count(*) FROM probabilities WHERE track_id NOT IN "
+                               "(SELECT id FROM tracks)").fetchone()[0]
+        assert orphans == 0
+        return conn.execute("SELECT count(*) FROM tracks").fetchone()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_scan_resumes_without_repeating_work(big_library, model_path, tmp_path, signum):
+    db = tmp_path / "index.db"
+    proc = start_scan(big_library, db, model_path)
+    wait_for_rows(db, proc)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Interrupted: run the same command again to finish" in err
+    done = check_consistent(db)
+    assert 0 < done < N_TRACKS
+    result = CliRunner().invoke(app, ["scan", str(big_library), "--db", str(db), "--model",
+                                      str(model_path), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"{N_TRACKS - done} classified, {done} unchanged, 0 failed" in result.stdout
+    assert check_consistent(db) == N_TRACKS
+
+
+@pytest.mark.slow
+def test_second_scan_on_the_same_index_is_refused(big_library, model_path, tmp_path):
+    db = tmp_path / "index.db"
+    proc = start_scan(big_library, db, model_path)
+    try:
+        wait_for_rows(db, proc)
+        result = CliRunner().invoke(app, ["scan", str(big_library), "--db", str(db),
+                                          "--model", str(model_path), "--workers", "0"])
+        assert result.exit_code == 1
+        assert result.stderr == (f"Error: {db}: another tagger scan is writing to this index; "
+                                 "wait for it to finish, or pass another --db\n")
+        # reading while a scan writes is fine
+        listing = CliRunner().invoke(app, ["query", "--db", str(db), "--format", "json"])
+        assert listing.exit_code == 0
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=120)
+    check_consistent(db)

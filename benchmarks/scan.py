@@ -1,0 +1,175 @@
+"""Scan benchmark: cold-scan speed against the decode-only floor, rescan time, peak memory.
+
+Builds a synthetic library of 3-5 minute tracks in mixed formats with the project's own
+encoder (a few distinct tracks per format, hard-linked to reach the size asked for: every
+path is a separate track to the scanner), then prints:
+
+- cold scan: tracks/s of `tagger scan` on a fresh index (a real process, as a user runs it)
+- decode-only floor: tracks/s of decoding the same excerpts with the same worker count
+- their ratio (target: at least 0.7)
+- rescan: seconds for `tagger scan` of the unchanged library (target: under 2 s for 1,000)
+- peak RSS of the scan's whole process tree (target: under 1.5 GB)
+
+    python benchmarks/scan.py --tracks 200 --rescan-tracks 1000 --workers 2
+
+The model is a random-weight checkpoint of the default architecture unless --model is
+given: speed does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tagger import synth  # noqa: E402
+from tagger.crawl import crawl  # noqa: E402
+from tagger.features import FeatureSettings  # noqa: E402
+from tagger.pool import DecodeJob, DecodePool  # noqa: E402
+
+FORMATS = ["mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff"]
+
+
+def music_like(seconds: float, sample_rate: int, seed: int) -> np.ndarray:
+    """Stereo chords, a click beat and some noise: cheap, but not trivially compressible."""
+    rng = np.random.default_rng(seed)
+    base = 110 * 2 ** (rng.integers(0, 12) / 12)
+    chord = sum(synth.tone(base * r, seconds, sample_rate, 2, 0.15) for r in (1, 1.26, 1.5))
+    beat = synth.clicks(seconds, sample_rate, 2, rate_hz=float(rng.uniform(1.5, 3)), seed=seed)
+    return np.clip(chord + 0.5 * beat + synth.noise(seconds, sample_rate, 2, 0.03, seed), -1, 1)
+
+
+def build_library(folder: Path, n_tracks: int, distinct_per_format: int = 2) -> list[Path]:
+    originals = []
+    for fmt in FORMATS:
+        for k in range(distinct_per_format):
+            seed = len(originals)
+            seconds = 180 + 120 * (seed % 5) / 4                  # 3 to 5 minutes
+            path = folder / "originals" / f"track{seed:02d}.{fmt}"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                synth.encode(path, music_like(seconds, 44100, seed), 44100)
+            originals.append(path)
+    tracks = []
+    for i in range(n_tracks):
+        src = originals[i % len(originals)]
+        dst = folder / "library" / f"album{i // 12:03d}" / f"{i:05d}{src.suffix}"
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, dst)
+        tracks.append(dst)
+    return tracks
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS of the process tree in bytes, and stdout."""
+    start = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            try:
+                procs = [proc] + proc.children(recursive=True)
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err}")
+    return time.perf_counter() - start, peak, out
+
+
+def decode_only(folder: Path, workers: int) -> None:
+    """The floor: crawl and decode the same excerpt windows with the same pool, no model."""
+    s = FeatureSettings()
+    paths = [c.path for c in crawl([folder])]
+    jobs = DecodePool(workers).imap(
+        paths, lambda p: DecodeJob(p, s.sample_rate, s.excerpt_windows, s.excerpt_seconds))
+    failed = sum(isinstance(result, str) for _, result in jobs)
+    print(f"decoded {len(paths) - failed} of {len(paths)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tracks", type=int, default=200, help="tracks in the cold scan")
+    ap.add_argument("--rescan-tracks", type=int, default=1000, help="tracks in the rescan")
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--model", type=Path, help="checkpoint (default: random weights)")
+    ap.add_argument("--dir", type=Path, help="where to build the library (kept for reuse)")
+    ap.add_argument("--decode-only", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.decode_only:
+        return decode_only(args.decode_only, args.workers)
+
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="tagger-bench-"))
+    print(f"library: {folder}")
+    t = time.perf_counter()
+    tracks = build_library(folder, max(args.tracks, args.rescan_tracks))
+    print(f"built {len(tracks)} tracks ({len(FORMATS)} formats) in {time.perf_counter() - t:.0f} s")
+    model = args.model
+    if model is None:
+        import torch
+        from tagger.checkpoint import new_checkpoint, save
+        from tagger.model import GenreCRNN, ModelSettings
+        torch.manual_seed(0)
+        model = folder / "random.pt"
+        save(new_checkpoint(GenreCRNN(ModelSettings()), FeatureSettings()), model)
+
+    cold_dir = folder / "cold"
+    cold_dir.mkdir(exist_ok=True)
+    for path in tracks[: args.tracks]:                      # the cold set: its own folder
+        link = cold_dir / path.name
+        if not link.exists():
+            os.link(path, link)
+    cold_paths = [Path(c.path) for c in crawl([cold_dir])]
+
+    # both measured as whole processes, interpreter start-up included
+    floor_seconds, floor_peak, _ = run_measured([sys.executable, __file__, "--decode-only",
+                                                 str(cold_dir), "--workers", str(args.workers)])
+    floor = len(cold_paths) / floor_seconds
+    scan = [sys.executable, "-m", "tagger", "scan", "--model", str(model),
+            "--workers", str(args.workers), "--batch-size", str(args.batch_size)]
+    db = folder / "cold.db"
+    for f in folder.glob("cold.db*"):
+        f.unlink()
+    seconds, peak, _ = run_measured(scan + [str(cold_dir), "--db", str(db)])
+    cold = len(cold_paths) / seconds
+
+    rescan_db = folder / "rescan.db"
+    library = folder / "library"
+    run_measured(scan + [str(library), "--db", str(rescan_db)])     # a no-op when current
+    rescan_seconds, rescan_peak, out = run_measured(scan + [str(library), "--db", str(rescan_db)])
+    assert f"{len(tracks)} unchanged" in out, out
+
+    print(f"workers: {args.workers}, batch size: {args.batch_size}, CPU threads: {os.cpu_count()}")
+    print(f"cold scan:          {cold:6.1f} tracks/s  ({len(cold_paths)} tracks in {seconds:.1f} s, whole process)")
+    print(f"decode-only floor:  {floor:6.1f} tracks/s  ({floor_seconds:.1f} s, whole process)")
+    print(f"ratio:              {cold / floor:6.2f}   (target >= 0.7)")
+    print(f"rescan, unchanged:  {rescan_seconds:6.2f} s for {len(tracks)} tracks  (target < 2 s for 1,000)")
+    print(f"peak RSS, cold:     {peak / 2**20:6.0f} MiB (process tree; target < 1,536 MiB)")
+    print(f"peak RSS, rescan:   {rescan_peak / 2**20:6.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tagger import synth  # noqa: E402
 from tagger.crawl import crawl  # noqa: E402
 from tagger.features import FeatureSettings  # noqa: E402
-from tagger.pool import DecodeJob, DecodePool  # noqa: E402
+from tagger.pool import DecodeJob, DecodePool, Failure  # noqa: E402
 
 FORMATS = ["mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff"]
 
@@ -105,7 +105,7 @@ def decode_only(folder: Path, workers: int) -> None:
     paths = [c.path for c in crawl([folder])]
     jobs = DecodePool(workers).imap(
         paths, lambda p: DecodeJob(p, s.sample_rate, s.excerpt_windows, s.excerpt_seconds))
-    failed = sum(isinstance(result, str) for _, result in jobs)
+    failed = sum(isinstance(result, Failure) for _, result in jobs)
     print(f"decoded {len(paths) - failed} of {len(paths)}")
 
 

@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
                            SpinnerColumn, TextColumn, TimeRemainingColumn)
 from rich.table import Table
@@ -26,7 +27,7 @@ from rich.text import Text
 from tagger import __version__
 from tagger.errors import TaggerError, UserError
 from tagger.genres import GENRES, normalise_genre
-from tagger.index import ENV_VAR as DB_ENV_VAR, Index, TrackResult, default_db_path
+from tagger.index import ENV_VAR as DB_ENV_VAR, Index, default_db_path
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
 from tagger import output
 from tagger.pool import available_cores
@@ -71,7 +72,7 @@ def cli_errors(command):
         try:
             return command(*args, **kwargs)
         except TaggerError as exc:
-            err.print(f"[red]Error:[/red] {output.display(str(exc))}", highlight=False)
+            err.print(f"[red]Error:[/red] {escape(output.display(str(exc)))}", highlight=False)
             raise typer.Exit(1) from None
     return wrapper
 
@@ -151,7 +152,7 @@ def scan(
             task = progress.add_task("scan", total=len(todo))
 
             def on_result(result) -> None:
-                if result.status == "failed":
+                if result.status in ("failed", "error"):
                     progress.console.print(f"{output.display(result.path)}: {result.error}",
                                            highlight=False, markup=False)
                 progress.advance(task)
@@ -161,7 +162,9 @@ def scan(
                          on_result=on_result, should_stop=stop, stats=stats)
     print_summary(stats, time.monotonic() - started, db)
     if stats.interrupted:
-        err.print("Interrupted: run the same command again to finish; nothing is classified twice.")
+        again = "the same command without --force" if force else "the same command"
+        err.print(f"Interrupted: run {again} again to finish; nothing is classified twice.",
+                  highlight=False)
         raise typer.Exit(130)
 
 
@@ -236,10 +239,13 @@ def show(
 
     Example: [bold]tagger show song.flac other.mp3[/bold]
     """
+    for f in files:
+        if not f.exists():
+            raise UserError(f"{f}: no such file")
     model_path, _ = resolve_model(model)
     classifier = load_classifier(model_path, device)
-    from tagger.pool import decode_job
-    from tagger.scan import classify_decoded, job_for
+    from tagger.pool import Failure, decode_job
+    from tagger.scan import classify_decoded, failure_result, job_for
     from tagger.crawl import Candidate
 
     job_of = job_for(classifier)
@@ -247,8 +253,8 @@ def show(
     for f in files:
         cand = Candidate(os.path.abspath(f), 0, 0)
         decoded = decode_job(job_of(cand))
-        if isinstance(decoded, str):
-            result = TrackResult(cand.path, 0, 0, classifier.model_id, "failed", error=decoded)
+        if isinstance(decoded, Failure):
+            result = failure_result(cand, classifier.model_id, decoded)
         else:
             result = classify_decoded(classifier, [(cand, decoded)])[0]
         if fmt is ShowFormat.json:

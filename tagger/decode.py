@@ -273,11 +273,11 @@ def _check_file(name: str) -> None:
     try:
         info = os.stat(name)
     except FileNotFoundError:
-        raise DecodeError("file not found", path=name) from None
+        raise DecodeError("file not found", path=name, transient=True) from None
     except PermissionError:
-        raise DecodeError("permission denied", path=name) from None
+        raise DecodeError("permission denied", path=name, transient=True) from None
     except (OSError, ValueError) as e:
-        raise DecodeError(f"cannot read file ({e})", path=name) from None
+        raise DecodeError(f"cannot read file ({e})", path=name, transient=True) from None
     if stat.S_ISDIR(info.st_mode):
         raise DecodeError("is a directory", path=name)
     if not stat.S_ISREG(info.st_mode):
@@ -288,9 +288,9 @@ def _check_file(name: str) -> None:
         with open(name, "rb") as f:
             f.read(1)
     except PermissionError:
-        raise DecodeError("permission denied", path=name) from None
+        raise DecodeError("permission denied", path=name, transient=True) from None
     except OSError as e:
-        raise DecodeError(f"cannot read file ({e.strerror or e})", path=name) from None
+        raise DecodeError(f"cannot read file ({e.strerror or e})", path=name, transient=True) from None
 
 
 def _metadata_duration(container: av.container.InputContainer,
@@ -326,16 +326,16 @@ def decode_excerpts(path: str | os.PathLike | bytes, sample_rate: int = 22050,
     except PermissionError as e:
         if isinstance(e, av.error.FFmpegError):
             raise DecodeError(f"decoder refused the file ({_message(e)})", path=name) from None
-        raise DecodeError("permission denied", path=name) from None
+        raise DecodeError("permission denied", path=name, transient=True) from None
     except av.error.InvalidDataError:
         raise DecodeError("not an audio file (unrecognised or corrupt data)",
                           path=name) from None
     except av.error.FFmpegError as e:
         raise DecodeError(f"truncated or corrupt data ({_message(e)})", path=name) from None
     except MemoryError:
-        raise DecodeError("out of memory while decoding", path=name) from None
+        raise DecodeError("out of memory while decoding", path=name, transient=True) from None
     except Exception as e:  # noqa: BLE001 - the worker boundary: nothing else may escape
-        raise DecodeError(f"decoder failed ({type(e).__name__}: {e})", path=name) from None
+        raise DecodeError(f"decoder failed ({type(e).__name__}: {e})", path=name, transient=True) from None
 
 
 def _usable(container: av.container.InputContainer) -> bool:

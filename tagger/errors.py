@@ -16,7 +16,15 @@ class TaggerError(Exception):
 
 
 class DecodeError(TaggerError):
-    """A file could not be decoded (corrupt, not audio, unreadable, no audio stream)."""
+    """A file could not be decoded (corrupt, not audio, unreadable, no audio stream).
+
+    `transient` marks reasons that are not the file's content (permissions, I/O, memory):
+    the next scan tries such a file again even if it has not changed.
+    """
+
+    def __init__(self, reason: str, path: str | None = None, transient: bool = False):
+        super().__init__(reason, path)
+        self.transient = transient
 
 
 class CheckpointError(TaggerError):

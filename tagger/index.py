@@ -50,7 +50,7 @@ class TrackResult:
     size: int
     mtime_ns: int
     model_id: str
-    status: str                                  # "ok", "failed" or "silent"
+    status: str          # "ok", "silent", "failed" (the file's content), "error" (transient)
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     duration: float | None = None
@@ -102,6 +102,9 @@ class Index:
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and self.db.table_names():
+            raise DatabaseError("not a tagger index (it holds other tables); pass another --db",
+                                str(self.path))
         if version > SCHEMA_VERSION:
             raise DatabaseError(f"index schema version {version} is newer than this tagger "
                                 f"understands ({SCHEMA_VERSION}); upgrade tagger", str(self.path))
@@ -140,10 +143,11 @@ class Index:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def is_current(self, path: str, size: int, mtime_ns: int, model_id: str) -> bool:
-        """True if the index already holds this exact file version for this model."""
-        row = self.db.execute("SELECT size, mtime_ns, model_id FROM tracks WHERE path = ?",
+        """True if the index already holds this exact file version for this model, and the
+        last try did not end in a transient error (permissions, I/O, a crashed decoder)."""
+        row = self.db.execute("SELECT size, mtime_ns, model_id, status FROM tracks WHERE path = ?",
                               [to_db_path(path)]).fetchone()
-        return row == (size, mtime_ns, model_id)
+        return row is not None and row[:3] == (size, mtime_ns, model_id) and row[3] != "error"
 
     def store(self, results: Sequence[TrackResult]) -> None:
         """Upsert tracks and their probabilities, all in one transaction."""

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tagger.genres import DISPLAY_NAMES
@@ -92,10 +93,11 @@ def print_table(console: Console, rows: Iterable[dict]) -> int:
     count = 0
     for row in rows:
         count += 1
+        path = escape(display(row["path"]))
         if row.get("error"):
-            table.add_row("[red]—[/red]", "", f"{display(row['path'])}  [red]({row['error']})[/red]")
+            table.add_row("[red]—[/red]", "", f"{path}  [red]({escape(row['error'])})[/red]")
         else:
-            table.add_row(genre_name(row["genre"]), f"{row['confidence']:.0%}", display(row["path"]))
+            table.add_row(genre_name(row["genre"]), f"{row['confidence']:.0%}", path)
     if count:
         console.print(table)
     return count
@@ -103,9 +105,9 @@ def print_table(console: Console, rows: Iterable[dict]) -> int:
 
 def bar_chart(console: Console, row: dict, width: int = 30) -> None:
     """One file's probabilities, best first, as horizontal bars."""
-    console.print(f"[bold]{display(row['path'])}[/bold]")
+    console.print(f"[bold]{escape(display(row['path']))}[/bold]", highlight=False)
     if row.get("error"):
-        console.print(f"  [red]{row['error']}[/red]")
+        console.print(f"  [red]{escape(row['error'])}[/red]", highlight=False)
         return
     table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 1))
     for genre, p in sorted(row["probabilities"].items(), key=lambda kv: -kv[1]):

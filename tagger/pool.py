@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,14 +45,22 @@ class DecodeJob:
     window_seconds: float
 
 
-def decode_job(job: DecodeJob) -> Excerpts | str:
-    """Decoded excerpts, or the reason they could not be had. Never raises."""
+@dataclass(frozen=True)
+class Failure:
+    """Why a file gave no audio. Transient reasons (permissions, I/O, a crashed or hung
+    decoder) are not the file's fault: a later scan tries the file again."""
+    reason: str
+    transient: bool = False
+
+
+def decode_job(job: DecodeJob) -> Excerpts | Failure:
+    """Decoded excerpts, or why they could not be had. Never raises."""
     try:
         return decode_excerpts(job.path, job.sample_rate, job.n_windows, job.window_seconds)
     except DecodeError as exc:
-        return exc.reason
+        return Failure(exc.reason, exc.transient)
     except Exception as exc:  # a decoder bug must not end the scan
-        return f"unexpected decoder error: {type(exc).__name__}: {exc}"
+        return Failure(f"unexpected decoder error: {type(exc).__name__}: {exc}", transient=True)
 
 
 def _worker_main(tasks: Any, results: Any, function, parent: int) -> None:
@@ -79,9 +88,26 @@ class _Worker:
     tasks: Any                # the parent's end of the worker's task pipe
     pending: deque            # (seq, item, job) in the order the worker will do them
     busy_since: float
+    lost: bool = False        # its task pipe broke: it is dead, a replacement is coming
 
 
 _END = object()
+_PARENT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM while starting a worker: it inherits the ignored state, so
+    a signal to the process group cannot kill it before it has set up its own handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = [signal.signal(s, signal.SIG_IGN) for s in _PARENT_SIGNALS]
+    try:
+        yield
+    finally:
+        for s, handler in zip(_PARENT_SIGNALS, old):
+            signal.signal(s, handler)
 
 
 class DecodePool:
@@ -89,7 +115,7 @@ class DecodePool:
     function is decode_job unless given (a module-level function, so that it pickles)."""
 
     def __init__(self, workers: int, timeout: float = 300.0, prefetch: int = 8,
-                 function: Callable[[DecodeJob], Excerpts | str] = decode_job):
+                 function: Callable[[DecodeJob], Excerpts | Failure] = decode_job):
         self.n_workers = workers
         self.function = function
         self.timeout = timeout
@@ -110,7 +136,8 @@ class DecodePool:
         proc = self._ctx.Process(target=_worker_main,
                                  args=(task_r, result_w, self.function, os.getpid()),
                                  daemon=True, name=f"tagger-decode-{worker_id}")
-        proc.start()
+        with _signals_ignored():    # so that a Ctrl-C never reaches a starting worker
+            proc.start()
         task_r.close()
         result_w.close()          # so that the worker's death closes the pipe
         self._workers[worker_id] = _Worker(proc, task_w, deque(), time.monotonic())
@@ -134,9 +161,15 @@ class DecodePool:
                 else:
                     self._results.put((worker_id, seq, result))
 
-    def imap(self, items: Iterable, job_of) -> Iterator[tuple[Any, Excerpts | str]]:
+    def imap(self, items: Iterable, job_of: Callable[[Any], DecodeJob],
+             should_stop: Callable[[], bool] = lambda: False,
+             ) -> Iterator[tuple[Any, Excerpts | Failure]]:
+        """Stops early, leaving the rest undone, once should_stop() is true (checked at least
+        every 0.2 s, whether or not results arrive)."""
         if self.n_workers <= 0:
             for item in items:
+                if should_stop():
+                    return
                 yield item, self.function(job_of(item))
             return
         todo: deque = deque()          # (item, job) taken back from a dead worker
@@ -148,12 +181,12 @@ class DecodePool:
             self._reader = threading.Thread(target=self._read, daemon=True, name="tagger-results")
             self._reader.start()
             last_check = time.monotonic()
-            while True:
+            while not should_stop():
                 fed = True
                 while fed:                                 # deal work out, one file a turn
                     fed = False
                     for worker in self._workers.values():
-                        if len(worker.pending) >= self.prefetch:
+                        if len(worker.pending) >= self.prefetch or worker.lost:
                             continue
                         if todo:
                             item, job = todo.popleft()
@@ -164,12 +197,19 @@ class DecodePool:
                         if not worker.pending:
                             worker.busy_since = time.monotonic()
                         n = next(seq)
+                        try:
+                            worker.tasks.send((n, job))
+                        except OSError:            # it died; its end-of-pipe is on the way
+                            worker.lost = True
+                            todo.appendleft((item, job))
+                            continue
                         worker.pending.append((n, item, job))
-                        worker.tasks.send((n, job))
                         fed = True
                 if not todo and not any(w.pending for w in self._workers.values()):
                     return                                 # the source is exhausted too
-                if time.monotonic() - last_check > 0.5:
+                if self._results.empty() and time.monotonic() - last_check > 0.5:
+                    # Only with every result received taken is busy_since no later than
+                    # the moment each worker started the file it is on.
                     last_check = time.monotonic()
                     yield from self._give_up_on_hung(todo)
                 try:
@@ -180,8 +220,9 @@ class DecodePool:
                 if worker is None:
                     continue                               # one already given up on
                 if n is None:
+                    worker.process.join(5)
                     yield from self._replace(worker_id, todo, "the decoder crashed (worker exit "
-                                             f"code {self._exit_code(worker)})")
+                                             f"code {worker.process.exitcode})")
                 elif worker.pending and worker.pending[0][0] == n:
                     _, item, _ = worker.pending.popleft()
                     worker.busy_since = time.monotonic()
@@ -190,20 +231,16 @@ class DecodePool:
         finally:
             self.close()
 
-    @staticmethod
-    def _exit_code(worker: _Worker) -> int | None:
-        worker.process.join(5)
-        return worker.process.exitcode
-
-    def _give_up_on_hung(self, todo: deque) -> Iterator[tuple[Any, str]]:
+    def _give_up_on_hung(self, todo: deque) -> Iterator[tuple[Any, Failure]]:
         now = time.monotonic()
         for worker_id, worker in list(self._workers.items()):
             if worker.pending and now - worker.busy_since > self.timeout:
                 worker.process.kill()
+                worker.process.join(5)
                 yield from self._replace(worker_id, todo, f"decoding took longer than "
                                          f"{self.timeout:.0f} s; gave up on it")
 
-    def _replace(self, worker_id: int, todo: deque, reason: str) -> Iterator[tuple[Any, str]]:
+    def _replace(self, worker_id: int, todo: deque, reason: str) -> Iterator[tuple[Any, Failure]]:
         """The file a lost worker was on fails; the files queued behind it go back to the
         queue, and a fresh worker takes its place."""
         worker = self._workers.pop(worker_id)
@@ -217,7 +254,7 @@ class DecodePool:
         if worker.pending:
             _, item, _ = worker.pending.popleft()
             todo.extendleft(reversed([(it, job) for _, it, job in worker.pending]))
-            yield item, reason
+            yield item, Failure(reason, transient=True)
 
     def close(self) -> None:
         for worker in self._workers.values():

@@ -17,7 +17,7 @@ import numpy as np
 from tagger.crawl import Candidate, crawl
 from tagger.decode import Excerpts
 from tagger.index import Index, TrackResult
-from tagger.pool import DecodeJob, DecodePool
+from tagger.pool import DecodeJob, DecodePool, Failure
 
 if TYPE_CHECKING:                   # importing torch is kept off the rescan path
     from tagger.classify import Classifier
@@ -41,7 +41,7 @@ class ScanStats:
             self.genres[result.genre] += 1
         elif result.status == "silent":
             self.silent += 1
-        else:
+        else:                               # "failed" or "error" (transient)
             self.failed += 1
 
 
@@ -89,7 +89,7 @@ def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *,
              should_stop: Callable[[], bool] = lambda: False, stats: ScanStats | None = None,
              decode_timeout: float = 300.0) -> ScanStats:
     """Decode, classify and store `todo`; one transaction per batch. When should_stop()
-    turns true the batch in hand is finished and stored, and the scan returns."""
+    turns true, what is already decoded is classified and stored, and the scan returns."""
     stats = stats or ScanStats()
     stats.to_scan = len(todo)
     decoded: list[tuple[Candidate, Excerpts]] = []
@@ -107,18 +107,21 @@ def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *,
     classifier.share_cpu_with(workers)
     pool = DecodePool(workers, timeout=decode_timeout)
     try:
-        for cand, result in pool.imap(todo, job_for(classifier)):
-            if isinstance(result, str):
-                failures.append(TrackResult(cand.path, cand.size, cand.mtime_ns,
-                                            classifier.model_id, "failed", error=result))
+        for cand, result in pool.imap(todo, job_for(classifier), should_stop):
+            if isinstance(result, Failure):
+                failures.append(failure_result(cand, classifier.model_id, result))
             else:
                 decoded.append((cand, result))
             if len(decoded) >= batch_size or len(failures) >= batch_size:
                 flush()
-            if should_stop():
-                stats.interrupted = True
-                break
+        stats.interrupted = should_stop()
         flush()
     finally:
         pool.close()
     return stats
+
+
+def failure_result(cand: Candidate, model_id: str, failure: Failure) -> TrackResult:
+    """A transient failure is stored as status "error", which the next scan retries."""
+    return TrackResult(cand.path, cand.size, cand.mtime_ns, model_id,
+                       "error" if failure.transient else "failed", error=failure.reason)

@@ -124,3 +124,8 @@ def test_unreadable_file_is_a_failure_row(model_path, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "1 classified, 0 unchanged, 1 failed" in done.stdout
     assert f"{locked}: permission denied" in done.stderr
+    # not the file's fault: once it can be read, the next scan classifies it (chmod does
+    # not change the modification time)
+    os.chmod(locked, 0o644)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert "1 classified, 1 unchanged, 0 failed" in again.stdout, again.stderr

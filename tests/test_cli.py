@@ -201,3 +201,30 @@ def test_version():
 def test_every_command_help_has_an_example():
     for command in ("scan", "query", "show"):
         assert "Example:" in run(command, "--help").stdout
+
+
+def test_names_that_look_like_markup(model_path, tmp_path):
+    music = tmp_path / "Album ["
+    write_track(music / "[/Disc 1] [red]x.wav", seconds=1.5)
+    db = tmp_path / "index.db"
+    run("scan", music, "--db", db, "--model", model_path, "--workers", "0")
+    assert "[/Disc 1] [red]x.wav" in run("query", "--db", db).stdout
+    assert "[/Disc 1] [red]x.wav" in run("show", music / "[/Disc 1] [red]x.wav",
+                                         "--model", model_path).stdout
+    result = run("query", "--db", db, "--genre", "[/x]", ok=1)
+    assert result.stderr.startswith("Error: unknown genre '[/x]'")
+
+
+def test_another_tools_database_is_left_alone(tmp_path):
+    db = tmp_path / "library.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, title TEXT)")
+    result = run("query", "--db", db, ok=1)
+    assert result.stderr == f"Error: {db}: not a tagger index (it holds other tables); pass another --db\n"
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["items"]
+
+
+def test_show_missing_file_is_a_user_error(model_path, tmp_path):
+    result = run("show", tmp_path / "nope.mp3", "--model", model_path, ok=1)
+    assert result.stderr == f"Error: {tmp_path / 'nope.mp3'}: no such file\n"

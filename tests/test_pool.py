@@ -7,45 +7,83 @@ from pathlib import Path
 
 from conftest import write_track
 from crashers import crash_or_decode
-from tagger.pool import DecodeJob, DecodePool
+from tagger.pool import DecodeJob, DecodePool, Failure
 
 
 def job_of(path: Path) -> DecodeJob:
     return DecodeJob(str(path), 22050, 3, 10.0)
 
 
+def files(folder: Path, n: int, seconds: float = 1.0) -> list[Path]:
+    return [write_track(folder / f"good{i:02d}.wav", seconds=seconds) for i in range(n)]
+
+
 def test_a_crashing_decoder_costs_one_file(tmp_path):
-    files = [write_track(tmp_path / f"good{i}.wav", seconds=1.0) for i in range(6)]
+    good = files(tmp_path, 6)
     crash = write_track(tmp_path / "crash.wav", seconds=1.0)
-    items = files[:3] + [crash] + files[3:]
-    pool = DecodePool(2, function=crash_or_decode)
-    results = dict(pool.imap(items, job_of))
+    items = good[:3] + [crash] + good[3:]
+    results = dict(DecodePool(2, function=crash_or_decode).imap(items, job_of))
     assert set(results) == set(items)
-    assert isinstance(results[crash], str) and results[crash].startswith("the decoder crashed")
-    assert all(not isinstance(results[f], str) for f in files)
+    assert isinstance(results[crash], Failure) and results[crash].transient
+    assert results[crash].reason == "the decoder crashed (worker exit code -11)"
+    assert not any(isinstance(results[f], Failure) for f in good)
+
+
+def test_a_crash_while_the_consumer_is_busy(tmp_path):
+    """Work keeps being dealt while a dead worker's last results wait to be taken."""
+    good = files(tmp_path, 24)
+    crash = write_track(tmp_path / "crash.wav", seconds=1.0)
+    items = good[:3] + [crash] + good[3:]
+    results = {}
+    for item, result in DecodePool(1, function=crash_or_decode).imap(items, job_of):
+        results[item] = result
+        time.sleep(0.05)                      # the model running in the main thread
+    assert set(results) == set(items)
+    assert [f for f in items if isinstance(results[f], Failure)] == [crash]
 
 
 def test_a_hanging_decoder_is_given_up_on(tmp_path):
-    files = [write_track(tmp_path / f"good{i}.wav", seconds=1.0) for i in range(3)]
+    good = files(tmp_path, 3)
     hang = write_track(tmp_path / "hang.wav", seconds=1.0)
-    pool = DecodePool(1, timeout=3.0, function=crash_or_decode)
-    results = dict(pool.imap([hang] + files, job_of))
-    assert results[hang] == "decoding took longer than 3 s; gave up on it"
-    assert all(not isinstance(results[f], str) for f in files)
+    results = dict(DecodePool(1, timeout=3.0, function=crash_or_decode).imap([hang] + good, job_of))
+    assert results[hang] == Failure("decoding took longer than 3 s; gave up on it", transient=True)
+    assert not any(isinstance(results[f], Failure) for f in good)
+
+
+def test_a_slow_consumer_is_not_a_hung_decoder(tmp_path):
+    good = files(tmp_path, 8)
+    results = {}
+    for item, result in DecodePool(2, timeout=1.0).imap(good, job_of):
+        results[item] = result
+        if len(results) == 1:
+            time.sleep(2.5)                   # longer than the timeout
+    assert not any(isinstance(r, Failure) for r in results.values())
 
 
 def test_inline_runs_the_same_function(tmp_path):
     good = write_track(tmp_path / "good.wav", seconds=1.0)
     missing = tmp_path / "missing.wav"
-    results = dict(DecodePool(0).imap([good, missing], job_of))
-    assert results[missing] == "file not found"
+    notes = tmp_path / "notes.wav"
+    notes.write_text("not audio")
+    results = dict(DecodePool(0).imap([good, missing, notes], job_of))
+    assert results[missing] == Failure("file not found", transient=True)
+    assert not results[notes].transient
     assert len(results[good].waveforms) == 1
 
 
+def test_stop_is_seen_while_a_decoder_hangs(tmp_path):
+    hang = write_track(tmp_path / "hang.wav", seconds=1.0)
+    deadline = time.monotonic() + 1.0
+    pool = DecodePool(1, timeout=600, function=crash_or_decode)
+    started = time.monotonic()
+    assert list(pool.imap([hang], job_of, should_stop=lambda: time.monotonic() > deadline)) == []
+    assert time.monotonic() - started < 10
+
+
 def test_leaving_early_stops_every_worker(tmp_path):
-    files = [write_track(tmp_path / f"good{i}.wav", seconds=12.0) for i in range(12)]
+    good = files(tmp_path, 12, seconds=12.0)
     pool = DecodePool(2)
-    results = pool.imap(files, job_of)
+    results = pool.imap(good, job_of)
     next(results)
     processes = [w.process for w in pool._workers.values()]
     started = time.monotonic()

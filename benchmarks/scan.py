@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -136,12 +137,11 @@ def main() -> None:
         model = folder / "random.pt"
         save(new_checkpoint(GenreCRNN(ModelSettings()), FeatureSettings()), model)
 
-    cold_dir = folder / "cold"
-    cold_dir.mkdir(exist_ok=True)
-    for path in tracks[: args.tracks]:                      # the cold set: its own folder
-        link = cold_dir / path.name
-        if not link.exists():
-            os.link(path, link)
+    cold_dir = folder / "cold"                             # the cold set: its own folder
+    shutil.rmtree(cold_dir, ignore_errors=True)
+    cold_dir.mkdir()
+    for path in tracks[: args.tracks]:
+        os.link(path, cold_dir / path.name)
     cold_paths = [Path(c.path) for c in crawl([cold_dir])]
 
     # both measured as whole processes, interpreter start-up included

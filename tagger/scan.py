@@ -27,7 +27,6 @@ SILENCE_PEAK = 10 ** (-80 / 20)     # excerpts that never rise above -80 dBFS co
 
 @dataclass
 class ScanStats:
-    to_scan: int = 0
     unchanged: int = 0
     classified: int = 0
     failed: int = 0
@@ -91,7 +90,7 @@ def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *,
     """Decode, classify and store `todo`; one transaction per batch. When should_stop()
     turns true, what is already decoded is classified and stored, and the scan returns."""
     stats = stats or ScanStats()
-    stats.to_scan = len(todo)
+    seen = 0
     decoded: list[tuple[Candidate, Excerpts]] = []
     failures: list[TrackResult] = []
 
@@ -108,13 +107,14 @@ def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *,
     pool = DecodePool(workers, timeout=decode_timeout)
     try:
         for cand, result in pool.imap(todo, job_for(classifier), should_stop):
+            seen += 1
             if isinstance(result, Failure):
                 failures.append(failure_result(cand, classifier.model_id, result))
             else:
                 decoded.append((cand, result))
             if len(decoded) >= batch_size or len(failures) >= batch_size:
                 flush()
-        stats.interrupted = should_stop()
+        stats.interrupted = seen < len(todo)
         flush()
     finally:
         pool.close()

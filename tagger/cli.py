@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from enum import Enum

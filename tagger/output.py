@@ -20,7 +20,6 @@ from rich.table import Table
 
 from tagger.genres import DISPLAY_NAMES
 
-FORMATS = ("table", "json", "csv", "m3u")
 JSON_KEYS = ("path", "genre", "confidence", "probabilities", "model_id", "error")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 

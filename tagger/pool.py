@@ -15,14 +15,14 @@ import itertools
 import multiprocessing as mp
 import os
 import queue
-from multiprocessing.connection import wait
 import signal
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from typing import Any
 
 from tagger.decode import Excerpts, decode_excerpts, quiet_ffmpeg
@@ -221,8 +221,12 @@ class DecodePool:
                     continue                               # one already given up on
                 if n is None:
                     worker.process.join(5)
-                    yield from self._replace(worker_id, todo, "the decoder crashed (worker exit "
-                                             f"code {worker.process.exitcode})")
+                    reason = f"the decoder crashed (worker exit code {worker.process.exitcode})"
+                    self._deaths_in_a_row += 1
+                    if self._deaths_in_a_row > 2 * self.n_workers + 2:
+                        raise TaggerError(f"decoder processes keep dying ({reason}); run with "
+                                          "--workers 0 to see the error")
+                    yield from self._replace(worker_id, todo, reason)
                 elif worker.pending and worker.pending[0][0] == n:
                     _, item, _ = worker.pending.popleft()
                     worker.busy_since = time.monotonic()
@@ -245,11 +249,6 @@ class DecodePool:
         queue, and a fresh worker takes its place."""
         worker = self._workers.pop(worker_id)
         worker.tasks.close()
-        if reason.startswith("the decoder crashed"):
-            self._deaths_in_a_row += 1
-            if self._deaths_in_a_row > 2 * self.n_workers + 2:
-                raise TaggerError(f"decoder processes keep dying ({reason}); run with "
-                                  "--workers 0 to see the error")
         self._start_worker()
         if worker.pending:
             _, item, _ = worker.pending.popleft()

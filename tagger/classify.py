@@ -35,7 +35,6 @@ class Classifier:
     """A loaded model on a device. classify() takes each track's excerpt windows."""
 
     def __init__(self, checkpoint: Checkpoint, device: str = "auto"):
-        self.checkpoint = checkpoint
         self.genres = checkpoint.genres
         self.model_id = checkpoint.model_id
         self.settings = checkpoint.features

@@ -83,8 +83,8 @@ def load_classifier(model: Path, device: Device):
 
 
 class StopRequest:
-    """The first Ctrl-C (or SIGTERM) asks the scan to finish its batch and stop; a second
-    Ctrl-C stops at once (the open transaction is rolled back)."""
+    """The first Ctrl-C (or SIGTERM) asks the scan to stop decoding and store what it has
+    decoded; a second Ctrl-C stops at once (the open transaction is rolled back)."""
 
     def __init__(self):
         self.requested = False
@@ -96,7 +96,7 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        err.print("Stopping after the current batch... (Ctrl-C again to stop now)")
+        err.print("Stopping: storing what is already decoded... (Ctrl-C again to stop now)")
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -290,7 +290,8 @@ def _check_file(name: str) -> None:
     except PermissionError:
         raise DecodeError("permission denied", path=name, transient=True) from None
     except OSError as e:
-        raise DecodeError(f"cannot read file ({e.strerror or e})", path=name, transient=True) from None
+        raise DecodeError(f"cannot read file ({e.strerror or e})", path=name,
+                          transient=True) from None
 
 
 def _metadata_duration(container: av.container.InputContainer,
@@ -335,7 +336,8 @@ def decode_excerpts(path: str | os.PathLike | bytes, sample_rate: int = 22050,
     except MemoryError:
         raise DecodeError("out of memory while decoding", path=name, transient=True) from None
     except Exception as e:  # noqa: BLE001 - the worker boundary: nothing else may escape
-        raise DecodeError(f"decoder failed ({type(e).__name__}: {e})", path=name, transient=True) from None
+        raise DecodeError(f"decoder failed ({type(e).__name__}: {e})", path=name,
+                          transient=True) from None
 
 
 def _usable(container: av.container.InputContainer) -> bool:

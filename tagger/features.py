@@ -67,7 +67,7 @@ class LogMel(torch.nn.Module):
 
 
 def n_frames(n_samples: int, settings: FeatureSettings) -> int:
-    """Frames a centred STFT gives for n_samples."""
+    """Frames the STFT gives for n_samples zero-padded by n_fft // 2 on each side."""
     return 1 + n_samples // settings.hop_length
 
 

@@ -10,7 +10,7 @@ import torch
 
 from tagger.checkpoint import Checkpoint
 from tagger.errors import UserError
-from tagger.features import LogMel, log_mel_segments
+from tagger.features import FeatureSettings, LogMel, cut_segments, log_mels
 from tagger.pool import available_cores
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -57,8 +57,17 @@ class Classifier:
         windows = [torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(self.device)
                    for track in tracks for w in track]
         owner = torch.tensor([i for i, track in enumerate(tracks) for _ in track], device=self.device)
-        segments, lengths = log_mel_segments(windows, self.settings, self.log_mel)
-        probs = torch.softmax(self.net(segments, lengths).float(), dim=-1)   # (windows, genres)
-        summed = torch.zeros(len(tracks), probs.shape[1], device=self.device).index_add_(0, owner, probs)
-        counts = torch.bincount(owner, minlength=len(tracks)).clamp(min=1)[:, None]
-        return (summed / counts).cpu().numpy()
+        mels = log_mels(windows, self.settings, self.log_mel)
+        return track_probabilities(self.net, mels, owner, len(tracks), self.settings).cpu().numpy()
+
+
+def track_probabilities(net: torch.nn.Module, mels: Sequence[torch.Tensor], owner: torch.Tensor,
+                        n_tracks: int, settings: FeatureSettings) -> torch.Tensor:
+    """Window log-mels [(n_mels, frames)] of n_tracks tracks (owner[i] = the track of window
+    i) -> (n_tracks, n_genres): the mean of each track's window softmaxes. Used by scan and
+    by evaluation alike."""
+    segments, lengths = cut_segments(list(mels), settings)
+    probs = torch.softmax(net(segments, lengths).float(), dim=-1)      # (windows, genres)
+    summed = probs.new_zeros(n_tracks, probs.shape[1]).index_add_(0, owner, probs)
+    counts = torch.bincount(owner, minlength=n_tracks).clamp(min=1)[:, None]
+    return summed / counts

@@ -26,6 +26,7 @@ from rich.text import Text
 from tagger import __version__
 from tagger.errors import TaggerError, UserError
 from tagger.genres import GENRES, normalise_genre
+from tagger.recipe import CACHE_ENV_VAR, TrainSettings, default_cache_dir
 from tagger.index import ENV_VAR as DB_ENV_VAR, Index, default_db_path
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
 from tagger import output
@@ -224,6 +225,186 @@ def query(
             output.write_m3u(rows)
         elif output.print_table(out, rows) == 0:
             err.print("No tracks match.")
+
+
+CacheOption = Annotated[Optional[Path], typer.Option(
+    "--cache", envvar=CACHE_ENV_VAR, show_default=False,
+    help=f"Folder of cached log-mels. \\[default: ${CACHE_ENV_VAR}, else {default_cache_dir()}]")]
+
+
+class TrainReporter:
+    """Draws training on stderr: a bar while clips are read, then a line per epoch."""
+
+    def __init__(self):
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                                 disable=not err.is_terminal)
+        self.task = None
+        self.run = ""
+
+    def _bar(self, description: str, total: int, completed: int = 0) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(description, total=total, completed=completed)
+
+    def features(self, done, total, clip, error) -> None:
+        if self.task is None:
+            self._bar("Reading clips", total)
+        if error:
+            self.progress.console.print(f"{output.display(clip.path)}: {error}", markup=False,
+                                        highlight=False)
+        self.progress.update(self.task, completed=done)
+
+    def run_start(self, index, runs, split, epochs, start_epoch) -> None:
+        self.run = split.name
+        counts = split.counts()
+        self.progress.console.print(
+            f"[bold]{escape(split.name)}[/bold] split: {counts['train']} train, {counts['valid']} "
+            f"valid, {counts['test']} test clips" + (f" (resuming after epoch {start_epoch})"
+                                                     if start_epoch else ""), highlight=False)
+        self._bar(f"Training ({escape(split.name)})", epochs, start_epoch)
+
+    def epoch(self, row, improved) -> None:
+        self.progress.console.print(
+            f"  epoch {row['epoch']:3d}  loss {row['train_loss']:.3f}  valid loss "
+            f"{row['valid_loss']:.3f}  accuracy {row['valid_accuracy']:.3f}  macro F1 "
+            f"{row['valid_macro_f1']:.3f}  {row['seconds']:.1f} s" + ("  [green]best[/green]" if improved else ""),
+            highlight=False)
+        self.progress.update(self.task, completed=row["epoch"])
+
+    def run_end(self, r) -> None:
+        m, b = r["model"], r["baseline"]
+        self.progress.console.print(
+            f"{escape(r['split'])}, {r['evaluated_on']} ({m['tracks']} clips): accuracy "
+            f"[bold]{m['accuracy']:.3f}[/bold], macro F1 {m['macro_f1']:.3f}; MFCC baseline "
+            f"{b['accuracy']:.3f} / {b['macro_f1']:.3f}; best epoch {r['best_epoch']} of "
+            f"{r['epochs_run']}, {r['seconds_per_epoch']:.1f} s an epoch", highlight=False)
+
+    def note(self, text) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)
+
+
+@app.command()
+@cli_errors
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="GTZAN-style folder: genre folders, or genre-prefixed file names.",
+                                             show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The checkpoint to write; the report and figures go beside it.")] = Path("model.pt"),
+    split: Annotated[str, typer.Option("--split", metavar="filtered|random|'folds K'",
+                     help="filtered: the artist-filtered GTZAN lists; random: stratified 60/20/20 by track; "
+                          "'folds K': K-fold cross-validation (report only, no checkpoint).")] = "filtered",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="At most this many epochs (early stopping may end sooner).")] = TrainSettings.epochs,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, initial weights, crops and augmentation.")] = 0,
+    device: DeviceOption = Device.auto,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")] = False,
+    cache: CacheOption = None,
+) -> None:
+    """Train the CNN-RNN on a GTZAN-style folder and report how it does against an MFCC baseline.
+
+    Writes OUT (the checkpoint), OUT's .report.json, .confusion.png and .curves.png beside it.
+    An interrupted run continues with --resume.
+
+    Example: [bold]tagger train gtzan/genres --out models/mine.pt[/bold]
+    """
+    from tagger.dataset import parse_split
+    from tagger.train import resume_path, train as run_training
+
+    kind, folds = parse_split(split)
+    reporter = TrainReporter()
+    try:
+        with reporter.progress:
+            report = run_training(data_dir, out, kind, folds,
+                                  TrainSettings(epochs=epochs, seed=seed),
+                                  device=device.value, cache_dir=cache, resume=resume, reporter=reporter)
+    except KeyboardInterrupt:
+        state = resume_path(out)
+        if state.exists():
+            err.print(f"Interrupted: progress is saved in {output.display(str(state))}; run the same "
+                      "command with --resume to go on.", highlight=False, markup=False)
+        else:
+            err.print("Interrupted before the first epoch ended; nothing to resume.")
+        raise typer.Exit(130)
+    print_training_summary(report, out)
+
+
+def print_training_summary(report: dict, checkpoint: Path) -> None:
+    data = report["data"]
+    lines = [f"Trained on {data['clips']} clips of {output.display(data['folder'])} in "
+             f"{report['train_seconds'] / 60:.1f} min ({report['device']}); split: {report['split']}."]
+    if data["unreadable"] or data["unlabelled"] or data["duplicates"]:
+        lines.append(f"Left out: {len(data['unreadable'])} unreadable, {len(data['unlabelled'])} without a genre, "
+                     f"{len(data['duplicates'])} duplicates.")
+    runs = report["runs"]
+    if "missing_from_lists" in runs[0]:
+        missing = runs[0]["missing_from_lists"]
+        lines.append("Clips of the split lists not in the folder: " +
+                     ", ".join(f"{n} {part}" for part, n in missing.items()) +
+                     f"; in the folder but in no list: {runs[0]['unlisted_clips']}.")
+    if "cross_validation" in report:
+        cv = report["cross_validation"]
+        acc, f1, base = cv["accuracy"], cv["macro_f1"], cv["baseline_accuracy"]
+        lines.append(f"Cross-validated track accuracy {acc['mean']:.3f} ± {acc['std']:.3f} "
+                     f"(folds {acc['min']:.3f} to {acc['max']:.3f}), macro F1 {f1['mean']:.3f}; "
+                     f"MFCC baseline {base['mean']:.3f} ± {base['std']:.3f}.")
+    else:
+        r = runs[0]
+        lines.append(f"Track accuracy on {r['evaluated_on']}: {r['model']['accuracy']:.3f} "
+                     f"(baseline {r['baseline']['accuracy']:.3f}, {r['margin']['accuracy']:+.3f}); "
+                     f"macro F1 {r['model']['macro_f1']:.3f} (baseline {r['baseline']['macro_f1']:.3f}).")
+        lines.append(f"Checkpoint: {output.display(str(checkpoint))} (model id {report['model_id']})")
+    stem = checkpoint.name[: -len(checkpoint.suffix)] if checkpoint.suffix else checkpoint.name
+    lines.append(f"Report and figures: {output.display(str(checkpoint.with_name(stem)))}.report.json, "
+                 ".confusion.png, .curves.png")
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
+
+
+@app.command()
+@cli_errors
+def evaluate(
+    data_dir: Annotated[Path, typer.Argument(help="GTZAN-style folder of clips.", show_default=False)],
+    model: ModelOption = None,
+    split: Annotated[str, typer.Option("--split", metavar="valid|test|train|all",
+                     help="Which part of the model's training split to score (all: every clip).")] = "valid",
+    device: DeviceOption = Device.auto,
+    cache: CacheOption = None,
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", show_default=False,
+        help="Where the report goes (PATH.report.json, PATH.confusion.png). "
+             "\\[default: beside the model, else the current folder]")] = None,
+) -> None:
+    """Score a model on a split of a GTZAN-style folder, beside the MFCC baseline.
+
+    Example: [bold]tagger evaluate gtzan/genres --model models/mine.pt --split test[/bold]
+    """
+    from tagger.evaluate import evaluate_model
+    model_path, _ = resolve_model(model)
+    progress = Progress(SpinnerColumn(), TextColumn("Reading clips"), BarColumn(), MofNCompleteColumn(),
+                        console=err, disable=not err.is_terminal)
+    task = progress.add_task("read", total=None)
+
+    def on_clip(clip, error):
+        if error:
+            progress.console.print(f"{output.display(clip.path)}: {error}", markup=False, highlight=False)
+        progress.advance(task)
+
+    with progress:
+        result = evaluate_model(data_dir, model_path, split, device.value, cache, report, on_clip)
+    m = result["metrics"]
+    out.print(f"{result['split']}, {split}: {m['tracks']} clips, track accuracy {m['accuracy']:.3f}, "
+              f"macro F1 {m['macro_f1']:.3f}", highlight=False)
+    if "baseline" in result:
+        b = result["baseline"]
+        out.print(f"MFCC baseline: accuracy {b['accuracy']:.3f}, macro F1 {b['macro_f1']:.3f} "
+                  f"(model {result['margin']['accuracy']:+.3f} accuracy)", highlight=False)
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for name in ("Genre", "Precision", "Recall", "F1", "Tracks"):
+        table.add_column(name, justify="left" if name == "Genre" else "right")
+    for genre, g in m["per_genre"].items():
+        table.add_row(output.genre_name(genre), f"{g['precision']:.2f}", f"{g['recall']:.2f}",
+                      f"{g['f1']:.2f}", str(g["support"]))
+    out.print(table)
+    out.print("Report: " + ", ".join(output.display(f) for f in result["files"]), highlight=False, markup=False)
 
 
 @app.command()

@@ -36,7 +36,7 @@ class FeatureSettings:
 class LogMel(torch.nn.Module):
     """(batch, samples) float32 waveforms -> (batch, n_mels, frames) log-mel power in dB.
 
-    Not centred: callers zero-pad n_fft // 2 on each side (see log_mel_segments), so that a
+    Not centred: callers zero-pad n_fft // 2 on each side (see log_mels), so that a
     waveform's features never depend on what else is in its batch. The STFT runs a few rows
     at a time on the CPU, where the complex intermediate of a whole batch would not stay in
     cache; the power spectrum is re**2 + im**2 (complex abs() then squaring is slower).
@@ -77,26 +77,39 @@ def segment_starts(frames: int, settings: FeatureSettings) -> list[int]:
     return list(range(0, last + 1, settings.segment_hop))
 
 
-def log_mel_segments(waveforms: list[torch.Tensor], settings: FeatureSettings,
-                     log_mel: LogMel) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut each waveform's log-mel into segments, padded to a common count.
-
-    waveforms: list of B mono (samples,) tensors on the model's device.
-    Returns segments (B, S, n_mels, segment_frames) and lengths (B,) = segments per waveform.
-    """
+def log_mels(waveforms: list[torch.Tensor], settings: FeatureSettings,
+             log_mel: LogMel) -> list[torch.Tensor]:
+    """Each waveform's log-mel, computed in one batch: B mono (samples,) tensors on the
+    model's device -> B tensors (n_mels, frames_i), frames_i = n_frames(max(samples_i,
+    min_samples)). A waveform's frames do not depend on the others in the batch."""
     pad = settings.n_fft // 2
-    longest = max(max(len(w) for w in waveforms), settings.min_samples)
-    batch = torch.zeros(len(waveforms), longest + 2 * pad, device=waveforms[0].device)
+    sizes = [max(len(w), settings.min_samples) for w in waveforms]
+    batch = torch.zeros(len(waveforms), max(sizes) + 2 * pad, device=waveforms[0].device)
     for i, w in enumerate(waveforms):
         batch[i, pad: pad + len(w)] = w
     mels = log_mel(batch)                                 # (B, n_mels, frames)
-    per_item = [segment_starts(n_frames(max(len(w), settings.min_samples), settings), settings)
-                for w in waveforms]
+    return [mels[i, :, : n_frames(size, settings)] for i, size in enumerate(sizes)]
+
+
+def cut_segments(mels: list[torch.Tensor], settings: FeatureSettings
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut B log-mels (n_mels, frames_i) into segments, padded to a common count.
+
+    Returns segments (B, S, n_mels, segment_frames) and lengths (B,) = segments per item.
+    """
+    per_item = [segment_starts(m.shape[-1], settings) for m in mels]
     lengths = torch.tensor([len(s) for s in per_item])
-    segments = mels.new_full((len(waveforms), int(lengths.max()), settings.n_mels,
-                              settings.segment_frames), settings.db_floor)
-    for i, starts in enumerate(per_item):
-        idx = torch.tensor(starts, device=mels.device)[:, None] + torch.arange(
-            settings.segment_frames, device=mels.device)
-        segments[i, : len(starts)] = mels[i][:, idx].permute(1, 0, 2)
+    segments = mels[0].new_full((len(mels), int(lengths.max()), settings.n_mels,
+                                 settings.segment_frames), settings.db_floor)
+    for i, (mel, starts) in enumerate(zip(mels, per_item)):
+        idx = torch.tensor(starts, device=mel.device)[:, None] + torch.arange(
+            settings.segment_frames, device=mel.device)
+        segments[i, : len(starts)] = mel[:, idx].permute(1, 0, 2)
     return segments, lengths
+
+
+def log_mel_segments(waveforms: list[torch.Tensor], settings: FeatureSettings,
+                     log_mel: LogMel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms -> (segments (B, S, n_mels, segment_frames), lengths (B,)): what the model
+    reads at scan time. Training reads the same log_mels (cached) and cut_segments."""
+    return cut_segments(log_mels(waveforms, settings, log_mel), settings)

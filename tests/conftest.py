@@ -35,6 +35,7 @@ def _isolated_env(monkeypatch, tmp_path):
     """No test reads or writes the user's real index or model settings."""
     monkeypatch.delenv("TAGGER_MODEL", raising=False)
     monkeypatch.setenv("TAGGER_DB", str(tmp_path / "env-index.db"))
+    monkeypatch.setenv("TAGGER_CACHE", str(tmp_path / "feature-cache"))
 
 
 def write_track(path: Path, seconds: float = 3.0, kind: str = "tone", sample_rate: int = 22050,
@@ -64,3 +65,23 @@ def library(tmp_path) -> Path:
 def chmod_works() -> bool:
     """Permission tests mean nothing as root (root reads a chmod 000 file)."""
     return hasattr(os, "geteuid") and os.geteuid() != 0
+
+
+TINY_GENRES = {"blues": "tone", "metal": "noise", "disco": "clicks"}
+
+
+def make_tiny_gtzan(root: Path, per_part: dict[str, int] | None = None, seconds: float = 4.0,
+                    fmt: str = "wav") -> Path:
+    """Three "genres" (blues = tones, metal = noise, disco = clicks) whose file names come
+    from the shipped artist-filtered lists, so that the default split applies."""
+    from tagger.dataset import filtered_lists
+    per_part = per_part or {"train": 8, "valid": 4, "test": 3}
+    lists = filtered_lists()
+    for g, (genre, kind) in enumerate(TINY_GENRES.items()):
+        for part, n in per_part.items():
+            names = [name for name in lists[part] if name.startswith(genre + ".")][:n]
+            for i, name in enumerate(names):
+                seed = 100 * g + {"train": 0, "valid": 30, "test": 60}.get(part, 90) + i
+                write_track(root / genre / f"{name}.{fmt}", seconds=seconds, kind=kind,
+                            freq=150.0 + 37.0 * seed % 1500, seed=seed)
+    return root

@@ -1,0 +1,148 @@
+"""Track-level evaluation of a model (and of the MFCC baseline) on clips of a split, and the
+report: JSON plus PNG figures, written beside the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tagger.baseline import baseline_probabilities
+from tagger.classify import track_probabilities
+from tagger.dataset import Clip, genre_counts
+from tagger.errors import UserError
+from tagger.features import FeatureSettings
+from tagger.metrics import confusion_matrix, summarise
+
+
+@torch.inference_mode()
+def predict(net: torch.nn.Module, mels: Sequence[Sequence[torch.Tensor]], settings: FeatureSettings,
+            device: torch.device, batch_tracks: int = 16) -> np.ndarray:
+    """(n_clips, n_genres) probabilities: the same window pooling as `scan`."""
+    was_training = net.training
+    net.eval()
+    out = []
+    for i in range(0, len(mels), batch_tracks):
+        chunk = mels[i: i + batch_tracks]
+        windows = [w.to(device) for track in chunk for w in track]
+        owner = torch.tensor([j for j, track in enumerate(chunk) for _ in track], device=device)
+        out.append(track_probabilities(net, windows, owner, len(chunk), settings).cpu())
+    net.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, net.settings.n_genres))
+
+
+def labels(clips: Sequence[Clip], genres: Sequence[str]) -> np.ndarray:
+    return np.array([list(genres).index(c.genre) for c in clips], dtype=int)
+
+
+def score(probs: np.ndarray, clips: Sequence[Clip], genres: Sequence[str]) -> dict:
+    """Metrics (see metrics.summarise) of probabilities against the clips' genres."""
+    y = labels(clips, genres)
+    return summarise(confusion_matrix(y, probs.argmax(axis=1), len(genres)), genres)
+
+
+def nll(probs: np.ndarray, clips: Sequence[Clip], genres: Sequence[str]) -> float:
+    """Mean negative log-likelihood of the true genre under the pooled probabilities."""
+    y = labels(clips, genres)
+    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean()) if len(y) else 0.0
+
+
+def baseline_score(train: tuple[Sequence[Clip], Sequence], evaluated: tuple[Sequence[Clip], Sequence],
+                   genres: Sequence[str], seed: int) -> dict:
+    """The MFCC + logistic-regression baseline fitted on `train`, scored on `evaluated`;
+    each is (clips, their log-mel windows)."""
+    probs = baseline_probabilities(train[1], labels(train[0], genres), evaluated[1], len(genres), seed)
+    return score(probs, evaluated[0], genres)
+
+
+def margin(model: dict, baseline: dict) -> dict:
+    return {"accuracy": model["accuracy"] - baseline["accuracy"],
+            "macro_f1": model["macro_f1"] - baseline["macro_f1"]}
+
+
+def report_paths(base: Path) -> dict[str, Path]:
+    """folder/model -> folder/model.report.json, model.confusion.png, model.curves.png."""
+    return {name: base.with_name(f"{base.name}.{name}") for name in
+            ("report.json", "confusion.png", "curves.png")}
+
+
+def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device: str = "auto",
+                   cache_dir: Path | None = None, report_base: Path | None = None,
+                   on_clip: Callable[[Clip, str | None], None] = lambda c, e: None) -> dict:
+    """Score a checkpoint on one part ("train", "valid", "test" or "all") of the split it was
+    trained with (its provenance names it; the artist-filtered one when it does not), with
+    the MFCC baseline fitted on that split's training part beside it. Writes the report
+    and the confusion-matrix figure at report_base (default: beside the checkpoint)."""
+    from tagger.checkpoint import load
+    from tagger.classify import pick_device
+    from tagger.dataset import PARTS, FeatureCache, find_clips, load_features, make_splits, parse_split
+    from tagger.recipe import default_cache_dir
+
+    if part not in (*PARTS, "all"):
+        raise UserError(f"unknown part {part!r}; choose one of {', '.join((*PARTS, 'all'))}")
+    ckpt = load(model_path)
+    dev = pick_device(device)
+    found = find_clips(data_dir)
+    usable = [c for c in found.clips if c.genre in ckpt.genres]
+    cache = FeatureCache(cache_dir or default_cache_dir(), ckpt.features)  # the model's own settings
+    clips, mels_list = load_features(usable, cache, on_clip)
+    mels = {c.path: m for c, m in zip(clips, mels_list)}
+    kind, k = parse_split(str(ckpt.provenance.get("split", "filtered")))
+    if kind == "folds":
+        raise UserError("this checkpoint came from cross-validation, which has no single split; "
+                        "use --split all")
+    seed = int(ckpt.provenance.get("seed", 0))
+    split = make_splits(clips, kind, k, seed)[0]
+    evaluated = clips if part == "all" else split.parts[part]
+    if not evaluated:
+        raise UserError(f"{data_dir}: none of its clips is in the {part} part of the {split.name} split")
+    genres = list(ckpt.genres)
+    probs = predict(ckpt.build().to(dev), [mels[c.path] for c in evaluated], ckpt.features, dev)
+    report = {"model": str(model_path), "model_id": ckpt.model_id, "data_folder": str(data_dir),
+              "split": split.name if part != "all" else "all clips", "evaluated_on": part,
+              "evaluated_genres": genre_counts(evaluated), "unreadable": len(usable) - len(clips),
+              "unlabelled": len(found.unlabelled) + len(found.clips) - len(usable),
+              "metrics": score(probs, evaluated, genres)}
+    if part in ("valid", "test") and len({c.genre for c in split.train}) > 1:
+        base = baseline_score((split.train, [mels[c.path] for c in split.train]),
+                              (evaluated, [mels[c.path] for c in evaluated]), genres, seed)
+        report["baseline"] = base
+        report["margin"] = margin(report["metrics"], base)
+    if report_base is None:
+        folder = model_path.parent if os.access(model_path.parent, os.W_OK) else Path.cwd()
+        stem = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
+        report_base = folder / f"{stem}.{part}"
+    paths = report_paths(report_base)
+    write_json(report, paths["report.json"])
+    from tagger.figures import confusion_png
+    m = report["metrics"]
+    confusion_png(*present_only(m["confusion"], genres),
+                  f"{report['split']}, {part}: accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}",
+                  paths["confusion.png"])
+    report["files"] = [str(paths["report.json"]), str(paths["confusion.png"])]
+    return report
+
+
+def present_only(matrix: Sequence[Sequence[int]], genres: Sequence[str]) -> tuple[list, list]:
+    """The rows and columns of genres that occur in the truth or the predictions."""
+    keep = [i for i, row in enumerate(matrix) if sum(row) or sum(r[i] for r in matrix)]
+    return [[matrix[i][j] for j in keep] for i in keep], [genres[i] for i in keep]
+
+
+def write_json(data: dict, path: Path) -> None:
+    """Atomically (temp file + rename), so that a report is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,35 @@
+"""The training recipe as data: TrainSettings (saved in every checkpoint's provenance) and
+where the feature cache lives. No torch here, so that the CLI can show the defaults cheaply."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE_ENV_VAR = "TAGGER_CACHE"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 60                # upper bound; early stopping usually ends sooner
+    patience: int = 15              # epochs without a better validation accuracy
+    batch_size: int = 16            # crops per step
+    crops_per_clip: int = 4         # crops drawn from each training clip per epoch
+    crop_segments: int = 6          # consecutive segments per crop (about 5.7 s)
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    gain_db: float = 6.0            # random gain, uniform in +-gain_db
+    freq_masks: int = 2             # SpecAugment: masks per crop ...
+    freq_mask_bands: int = 12       # ... each up to this many mel bands wide
+    time_masks: int = 2
+    time_mask_frames: int = 20
+    mixup_alpha: float = 0.2        # 0 turns mixup off
+    seed: int = 0
+
+
+def default_cache_dir() -> Path:
+    """$TAGGER_CACHE, else the user's cache folder (~/.cache/tagger/features on Linux)."""
+    from platformdirs import user_cache_dir
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path(user_cache_dir("tagger")) / "features")

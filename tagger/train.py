@@ -1,0 +1,410 @@
+"""Training the CNN-RNN on a GTZAN-style folder, readable top to bottom.
+
+1. find the clips and make the split(s) (artist-filtered, random, or K folds);
+2. log-mel windows of every clip from the feature cache: the very features `scan` computes;
+3. per run: per-band normalisation statistics from the training clips; each epoch draws
+   random crops of consecutive segments from every training clip, augments them (random
+   gain, SpecAugment-style frequency and time masks, mixup), and takes AdamW steps with
+   class-balanced cross-entropy, a warm-up and a cosine schedule; after each epoch the
+   validation clips are classified whole (as `scan` does) and training stops when the
+   validation track accuracy has not improved for `patience` epochs;
+4. the best epoch's weights become the checkpoint; the report compares them with the MFCC
+   baseline on the same split.
+
+After every epoch the whole training state goes to `<out>.resume` (atomically), so that
+`--resume` continues an interrupted run exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tagger import __version__
+from tagger.checkpoint import new_checkpoint, save
+from tagger.classify import pick_device
+from tagger.dataset import (Clip, FeatureCache, Found, Split, find_clips, genre_counts, load_features,
+                            make_splits)
+from tagger.errors import UserError
+from tagger.evaluate import (baseline_score, labels, margin, nll, predict, present_only, report_paths,
+                             score, write_json)
+from tagger.features import FeatureSettings
+from tagger.genres import GENRES
+from tagger.metrics import spread, summarise
+from tagger.model import GenreCRNN, ModelSettings
+from tagger.recipe import TrainSettings, default_cache_dir
+
+STATE_FORMAT = "tagger-train-state"
+
+
+class Reporter:
+    """What training tells its caller; the CLI draws it with rich. Defaults do nothing."""
+
+    def features(self, done: int, total: int, clip: Clip, error: str | None) -> None: ...
+    def run_start(self, index: int, runs: int, split: Split, epochs: int, start_epoch: int) -> None: ...
+    def epoch(self, row: dict, improved: bool) -> None: ...
+    def run_end(self, result: dict) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+# --- batches --------------------------------------------------------------------------------
+
+def random_crop(mel: torch.Tensor, n_segments: int, frames: int, gen: torch.Generator) -> torch.Tensor:
+    """A random run of up to n_segments consecutive segments from one window's log-mel
+    (n_mels, F) at any frame offset -> (n_mels, n * frames), n >= 1."""
+    n = max(1, min(n_segments, mel.shape[1] // frames))
+    offset = int(torch.randint(0, mel.shape[1] - n * frames + 1, (1,), generator=gen))
+    return mel[:, offset: offset + n * frames]
+
+
+def augment(crop: torch.Tensor, fill: torch.Tensor, ts: TrainSettings, floor: float,
+            gen: torch.Generator) -> torch.Tensor:
+    """Random gain (in dB, kept above the floor), then frequency and time masks set to the
+    per-band mean `fill` (n_mels,), which the model's normalisation maps to zero."""
+    x = crop.clone()
+    if ts.gain_db:
+        x = (x + (torch.rand(1, generator=gen).item() * 2 - 1) * ts.gain_db).clamp_(min=floor)
+    n_mels, n_frames = x.shape
+    for _ in range(ts.freq_masks):
+        width = int(torch.randint(0, ts.freq_mask_bands + 1, (1,), generator=gen))
+        start = int(torch.randint(0, n_mels - width + 1, (1,), generator=gen))
+        x[start: start + width] = fill[start: start + width, None]
+    for _ in range(ts.time_masks):
+        width = int(torch.randint(0, min(ts.time_mask_frames, n_frames // 4) + 1, (1,), generator=gen))
+        start = int(torch.randint(0, n_frames - width + 1, (1,), generator=gen))
+        x[:, start: start + width] = fill[:, None]
+    return x
+
+
+def make_batch(crops: Sequence[torch.Tensor], fs: FeatureSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops (n_mels, n_i * segment_frames) -> segments (B, S, n_mels, frames), lengths (B,)."""
+    f = fs.segment_frames
+    lengths = torch.tensor([c.shape[1] // f for c in crops])
+    batch = crops[0].new_full((len(crops), int(lengths.max()), crops[0].shape[0], f), fs.db_floor)
+    for i, c in enumerate(crops):
+        batch[i, : lengths[i]] = c.reshape(c.shape[0], -1, f).permute(1, 0, 2)
+    return batch, lengths
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up to `peak`, then cosine decay to zero at `total` steps."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, mean 1 over the classes present (absent ones: 0)."""
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    present = counts > 0
+    w = np.zeros(n_classes)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def normalisation(mels: Sequence[Sequence[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band mean and standard deviation (n_mels,) over every frame of the given clips."""
+    frames = torch.cat([w for clip in mels for w in clip], dim=1).double()
+    return frames.mean(1).float(), frames.std(1).clamp(min=1e-3).float()
+
+
+# --- one run (one split) ----------------------------------------------------------------------
+
+@dataclass
+class RunState:
+    """Everything a run needs to continue after an interruption."""
+    epoch: int = 0                       # epochs completed
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": 0, "accuracy": -1.0, "loss": math.inf})
+    best_state: dict | None = None
+    stale: int = 0
+    seconds: float = 0.0
+
+
+def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSettings,
+              ms: ModelSettings, ts: TrainSettings, device: torch.device, run_index: int,
+              reporter: Reporter, saved: dict | None, save_state) -> tuple[GenreCRNN, RunState]:
+    """Train on split.train, early-stopping on split.valid; returns the best epoch's model."""
+    genres = list(GENRES)
+    train_clips, valid_clips = split.train, split.valid
+    train_mels = [mels[c.path] for c in train_clips]
+    valid_mels = [mels[c.path] for c in valid_clips]
+    y_train = labels(train_clips, genres)
+
+    torch.manual_seed(ts.seed * 1000 + run_index)
+    gen = torch.Generator().manual_seed(ts.seed * 1000 + run_index)
+    net = GenreCRNN(ms)
+    mean, std = normalisation(train_mels)
+    net.norm_mean.copy_(mean)
+    net.norm_std.copy_(std)
+    net.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=ts.lr, weight_decay=ts.weight_decay)
+    weights = class_weights(y_train, len(genres)).to(device)
+    steps_per_epoch = math.ceil(len(train_clips) * ts.crops_per_clip / ts.batch_size)
+    total_steps = steps_per_epoch * ts.epochs
+
+    state = RunState()
+    if saved is not None:
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = RunState(saved["epoch"], saved["history"], saved["best"], saved["best_state"],
+                         saved["stale"], saved["seconds"])
+
+    while state.epoch < ts.epochs and state.stale < ts.patience:
+        started = time.perf_counter()
+        net.train()
+        order = torch.randperm(len(train_clips) * ts.crops_per_clip, generator=gen) % len(train_clips)
+        total_loss, seen = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * ts.batch_size: (step + 1) * ts.batch_size].tolist()
+            if len(idx) < 2:
+                continue                                    # batch norm needs two crops
+            crops = []
+            for i in idx:
+                windows = train_mels[i]
+                w = windows[int(torch.randint(0, len(windows), (1,), generator=gen))]
+                crop = random_crop(w, ts.crop_segments, fs.segment_frames, gen)
+                crops.append(augment(crop, mean, ts, fs.db_floor, gen))
+            x, lengths = make_batch(crops, fs)
+            x = x.to(device)
+            y = torch.as_tensor(y_train[idx], device=device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(state.epoch * steps_per_epoch + step, total_steps,
+                                ts.warmup_epochs * steps_per_epoch, ts.lr)
+            if ts.mixup_alpha > 0:
+                lam = float(torch.distributions.Beta(ts.mixup_alpha, ts.mixup_alpha).sample())
+                lam = max(lam, 1 - lam)
+                perm = torch.randperm(len(idx), generator=gen)
+                x = lam * x + (1 - lam) * x[perm.to(device)]
+                lengths = torch.maximum(lengths, lengths[perm])
+                logits = net(x, lengths)
+                loss = (lam * F.cross_entropy(logits, y, weight=weights)
+                        + (1 - lam) * F.cross_entropy(logits, y[perm.to(device)], weight=weights))
+            else:
+                loss = F.cross_entropy(net(x, lengths), y, weight=weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += loss.item() * len(idx)
+            seen += len(idx)
+
+        probs = predict(net, valid_mels, fs, device)
+        metrics = score(probs, valid_clips, genres)
+        row = {"epoch": state.epoch + 1, "train_loss": total_loss / max(seen, 1),
+               "valid_loss": nll(probs, valid_clips, genres), "valid_accuracy": metrics["accuracy"],
+               "valid_macro_f1": metrics["macro_f1"], "lr": opt.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - started}
+        state.epoch += 1
+        state.seconds += row["seconds"]
+        state.history.append(row)
+        improved = (row["valid_accuracy"], -row["valid_loss"]) > (state.best["accuracy"], -state.best["loss"])
+        if improved:
+            state.best = {"epoch": row["epoch"], "accuracy": row["valid_accuracy"], "loss": row["valid_loss"]}
+            state.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            state.stale = 0
+        else:
+            state.stale += 1
+        reporter.epoch(row, improved)
+        save_state({"model": net.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(), "epoch": state.epoch, "history": state.history,
+                    "best": state.best, "best_state": state.best_state, "stale": state.stale,
+                    "seconds": state.seconds})
+
+    if state.best_state is not None:
+        net.load_state_dict(state.best_state)
+    return net.cpu().eval(), state
+
+
+# --- the whole job ------------------------------------------------------------------------------
+
+def _atomic_torch_save(payload: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resume_path(out: Path) -> Path:
+    return out.with_name(out.name + ".resume")
+
+
+def _job_key(clips: Sequence[Clip], split_desc: str, ts: TrainSettings, fs: FeatureSettings,
+             ms: ModelSettings) -> str:
+    text = json.dumps([[c.name for c in clips], split_desc, dataclasses.asdict(ts),
+                       dataclasses.asdict(fs), dataclasses.asdict(ms)], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
+          ts: TrainSettings = TrainSettings(), fs: FeatureSettings = FeatureSettings(),
+          ms: ModelSettings = ModelSettings(), device: str = "auto", cache_dir: Path | None = None,
+          resume: bool = False, reporter: Reporter = Reporter()) -> dict:
+    """Train (one split) or cross-validate (folds); returns the report, which is also
+    written beside `out` with its figures. Only a single-split run writes a checkpoint."""
+    started = time.perf_counter()
+    dev = pick_device(device)
+    found: Found = find_clips(data_dir)
+    if not found.clips:
+        raise UserError(f"{data_dir}: no audio clips with a genre found (expected genre folders "
+                        f"such as blues/, or names such as blues.00000.wav)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"{out.parent}: cannot write there; choose another --out")
+
+    cache = FeatureCache(cache_dir or default_cache_dir(), fs)
+    failed: dict[str, str] = {}
+    loaded = 0
+
+    def on_clip(clip: Clip, error: str | None) -> None:
+        nonlocal loaded
+        loaded += 1
+        if error:
+            failed[clip.path] = error
+        reporter.features(loaded, len(found.clips), clip, error)
+
+    clips, mels_list = load_features(found.clips, cache, on_clip)
+    mels = {c.path: m for c, m in zip(clips, mels_list)}
+    splits = make_splits(clips, split, folds, ts.seed)
+    for s in splits:
+        for part in ("train", "valid"):
+            if len(s.parts[part]) < 2:
+                raise UserError(f"split {s.name}: only {len(s.parts[part])} {part} clips; "
+                                "a run needs at least two (try --split random, or more data)")
+
+    key = _job_key(clips, splits[0].name, ts, fs, ms)
+    state_file = resume_path(out)
+    done_runs: list[dict] = []
+    saved, final_state = None, None
+    if resume and state_file.exists():
+        try:
+            payload = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception:
+            raise UserError(f"{state_file}: unreadable training state; delete it and start again") from None
+        if payload.get("format") != STATE_FORMAT or payload.get("key") != key:
+            raise UserError(f"{state_file}: saved by a run with other data, split or settings; "
+                            "delete it or run without --resume")
+        done_runs, saved, final_state = payload["done_runs"], payload["current"], payload["final"]
+    elif resume:
+        reporter.note(f"Nothing to resume at {state_file}; starting afresh.")
+
+    genres = list(GENRES)
+    for i, s in enumerate(splits):
+        if i < len(done_runs):
+            continue
+
+        def save_state(current: dict, i=i) -> None:
+            _atomic_torch_save({"format": STATE_FORMAT, "key": key, "done_runs": done_runs,
+                                "current": current, "final": None}, state_file)
+
+        reporter.run_start(i, len(splits), s, ts.epochs, saved["epoch"] if saved else 0)
+        net, state = train_run(s, mels, fs, ms, ts, dev, i, reporter, saved, save_state)
+        saved = None
+        part = "test" if s.test else "valid"
+        evaluated = [c for c in s.parts[part]]
+        probs = predict(net, [mels[c.path] for c in evaluated], fs, torch.device("cpu"))
+        model_metrics = score(probs, evaluated, genres)
+        base = baseline_score((s.train, [mels[c.path] for c in s.train]),
+                              (evaluated, [mels[c.path] for c in evaluated]), genres, ts.seed)
+        result = {"split": s.name, "parts": s.counts(), "evaluated_on": part,
+                  "train_genres": genre_counts(s.train), "evaluated_genres": genre_counts(evaluated),
+                  "model": model_metrics, "baseline": base, "margin": margin(model_metrics, base),
+                  "best_epoch": state.best["epoch"], "epochs_run": state.epoch,
+                  "seconds_per_epoch": state.seconds / max(state.epoch, 1), "history": state.history}
+        if s.missing:
+            result["missing_from_lists"] = s.missing
+            result["unlisted_clips"] = s.unlisted
+        done_runs.append(result)
+        reporter.run_end(result)
+        final_state = net.state_dict()
+        _atomic_torch_save({"format": STATE_FORMAT, "key": key, "done_runs": done_runs,
+                            "current": None, "final": final_state}, state_file)
+
+    report = _report(data_dir, found, failed, splits, split, done_runs, ts, fs, ms, dev,
+                     time.perf_counter() - started)
+    paths = report_paths(out.with_name(out.name[: -len(out.suffix)] if out.suffix else out.name))
+    if len(splits) == 1:
+        run = done_runs[0]
+        final_net = GenreCRNN(ms)
+        final_net.load_state_dict(final_state)
+        ckpt = new_checkpoint(final_net, fs, tuple(genres), metrics={
+            k: run[k] for k in ("split", "evaluated_on", "best_epoch", "epochs_run", "margin")} | {
+            "accuracy": run["model"]["accuracy"], "macro_f1": run["model"]["macro_f1"],
+            "baseline_accuracy": run["baseline"]["accuracy"],
+            "baseline_macro_f1": run["baseline"]["macro_f1"]},
+            provenance=report["provenance"])
+        report["model_id"] = save(ckpt, out)
+        report["checkpoint"] = str(out)
+    write_json(report, paths["report.json"])
+    _figures(report, paths)
+    state_file.unlink(missing_ok=True)
+    return report
+
+
+def _report(data_dir, found, failed, splits, split_kind, runs, ts, fs, ms, dev, seconds) -> dict:
+    report = {
+        "tagger_version": __version__,
+        "data": {"folder": str(data_dir), "clips": len(found.clips) - len(failed),
+                 "genres": genre_counts(c for c in found.clips if c.path not in failed),
+                 "unreadable": failed, "unlabelled": found.unlabelled, "duplicates": found.duplicates},
+        "split": split_kind if split_kind != "folds" else f"folds {len(splits)}",
+        "runs": runs,
+        "train_seconds": seconds,
+        "device": str(dev),
+        "settings": {"train": dataclasses.asdict(ts), "features": dataclasses.asdict(fs),
+                     "model": {**dataclasses.asdict(ms), "channels": list(ms.channels)}},
+    }
+    report["provenance"] = {
+        "data_folder": os.path.basename(os.path.abspath(data_dir)), "clips": report["data"]["clips"],
+        "split": report["split"], "seed": ts.seed, "train_settings": dataclasses.asdict(ts),
+        "tagger_version": __version__, "torch_version": str(torch.__version__),
+        "device": str(dev), "platform": platform.platform(), "train_seconds": round(seconds, 1),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if len(runs) > 1:
+        pooled = np.sum([r["model"]["confusion"] for r in runs], axis=0)
+        pooled_base = np.sum([r["baseline"]["confusion"] for r in runs], axis=0)
+        report["cross_validation"] = {
+            "accuracy": spread([r["model"]["accuracy"] for r in runs]),
+            "macro_f1": spread([r["model"]["macro_f1"] for r in runs]),
+            "baseline_accuracy": spread([r["baseline"]["accuracy"] for r in runs]),
+            "baseline_macro_f1": spread([r["baseline"]["macro_f1"] for r in runs]),
+            "pooled": summarise(pooled, list(GENRES)),
+            "pooled_baseline": summarise(pooled_base, list(GENRES)),
+        }
+    return report
+
+
+def _figures(report: dict, paths: dict[str, Path]) -> None:
+    from tagger.figures import confusion_png, curves_png
+    runs = report["runs"]
+    if "cross_validation" in report:
+        cv = report["cross_validation"]
+        matrix, title = cv["pooled"]["confusion"], (
+            f"{report['split']}: test folds pooled, accuracy {cv['pooled']['accuracy']:.3f}")
+    else:
+        run = runs[0]
+        matrix, title = run["model"]["confusion"], (
+            f"{run['split']} split, {run['evaluated_on']}: accuracy {run['model']['accuracy']:.3f}, "
+            f"macro F1 {run['model']['macro_f1']:.3f}")
+    confusion_png(*present_only(matrix, GENRES), title, paths["confusion.png"])
+    curves_png([r["history"] for r in runs], [r["split"] for r in runs], paths["curves.png"])

@@ -88,7 +88,9 @@ def parse_list(text: str) -> list[str]:
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            names.append(line.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0].lower())
+            name = line.replace("\\", "/").rsplit("/", 1)[-1].lower()
+            stem, _, ext = name.rpartition(".")
+            names.append(stem if stem and not ext.isdigit() else name)   # "rock.00002" has none
     return names
 
 

@@ -219,11 +219,11 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
             state.stale = 0
         else:
             state.stale += 1
-        reporter.epoch(row, improved)
         save_state({"model": net.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "epoch": state.epoch, "history": state.history,
                     "best": state.best, "best_state": state.best_state, "stale": state.stale,
                     "seconds": state.seconds})
+        reporter.epoch(row, improved)
 
     if state.best_state is not None:
         net.load_state_dict(state.best_state)

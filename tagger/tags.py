@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mutagen
 from mutagen.aiff import AIFF
@@ -149,11 +149,32 @@ class TagState:
     genres: list[str]          # the genre as readers see it (for an mp3, ID3v1's too)
     tagged: bool               # the file has a tag at all (an ID3v2 tag, for the ID3 formats)
     id3_version: int | None    # 2, 3 or 4: the ID3v2 tag's minor version, for the ID3 formats
+    table: _ID3Fields | _VorbisFields | _MP4Fields = field(repr=False, compare=False)
+
+    def planned(self, genres: Sequence[str], custom: Pairs = ()) -> Pairs:
+        """The managed fields that would give these genres (and custom fields)."""
+        return [(self.table.genre_key, g) for g in genres] + list(custom)
+
+    def holds(self, genres: Sequence[str], custom: Pairs | None,
+              id3_version: int | None = None) -> bool:
+        """True if the file already has exactly these genres (and, unless custom is None,
+        these TAGGER_ fields); ID3v2.3 holds several genres as one "/"-joined value."""
+        v23 = self.table is ID3_FIELDS and _target_version(self, id3_version) == 3
+        want = ["/".join(genres)] if v23 and genres else list(genres)
+        mine = [kv for kv in self.fields if not _is_genre(self.table, kv[0])]
+        return self.genres == want and (custom is None or sorted(mine) == sorted(custom))
+
+    def genre_values(self) -> list[str]:
+        return [v for k, v in self.fields if _is_genre(self.table, k)]
 
     def backup(self) -> dict:
         """The JSON-able undo record of this state."""
         return {"fields": [list(kv) for kv in self.fields], "tagged": self.tagged,
                 "id3_version": self.id3_version}
+
+
+def _is_genre(table, key: str) -> bool:
+    return key.upper() == table.genre_key.upper()
 
 
 def _wrap(path: str, exc: Exception) -> TagError:
@@ -184,7 +205,8 @@ def _load(path: str, kind: type | None = None):
 def _state(f, table, seen: list[str]) -> TagState:
     tags = f.tags
     version = tags.version[1] if table is ID3_FIELDS and tags is not None else None
-    return TagState(table.managed(tags) if tags is not None else [], seen, tags is not None, version)
+    return TagState(table.managed(tags) if tags is not None else [], seen, tags is not None,
+                    version, table)
 
 
 def read(path: str) -> TagState:
@@ -192,8 +214,9 @@ def read(path: str) -> TagState:
     return _state(*_load(path))
 
 
-def custom_fields(table, probabilities: dict[str, float], model_id: str) -> Pairs:
-    """TAGGER_MODEL and one TAGGER_PROB_<GENRE> per genre, in the format's keys."""
+def custom_fields(state: TagState, probabilities: dict[str, float], model_id: str) -> Pairs:
+    """TAGGER_MODEL and one TAGGER_PROB_<GENRE> per genre, in the file's format's keys."""
+    table = state.table
     pairs = [(table.custom_key(f"{PREFIX}MODEL"), model_id)]
     return pairs + [(table.custom_key(f"{PREFIX}PROB_{g.upper()}"), f"{p:.4f}")
                     for g, p in sorted(probabilities.items())]

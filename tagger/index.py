@@ -83,9 +83,10 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
 
 def _migrate_2(db: sqlite_utils.Database) -> None:
     """Undo data for write-tags: a file's genre and TAGGER_ fields as they were before tagger
-    first changed them (JSON), by path."""
-    db["tag_backups"].create({"path": str, "fields": str, "saved_at": str}, pk="path",
-                             not_null={"fields"})
+    first changed them (JSON), by path; and the size and mtime of the file tagger last wrote
+    there, noted just before it took the original's place."""
+    db["tag_backups"].create({"path": str, "fields": str, "saved_at": str, "written_size": int,
+                              "written_mtime_ns": int}, pk="path", not_null={"fields"})
 
 
 MIGRATIONS = [_migrate_1, _migrate_2]   # MIGRATIONS[i] takes the schema from version i to i + 1
@@ -132,8 +133,8 @@ class Index:
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
-        """Hold an exclusive lock file for the length of a scan or a tag write (POSIX; elsewhere SQLite's own
-        locking still keeps the file consistent)."""
+        """Hold an exclusive lock file for the length of a scan or a tag write (POSIX;
+        elsewhere SQLite's own locking still keeps the file consistent)."""
         try:
             import fcntl
         except ImportError:
@@ -249,6 +250,16 @@ class Index:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._write("INSERT OR IGNORE INTO tag_backups (path, fields, saved_at) VALUES (?,?,?)",
                     [to_db_path(path), json.dumps(fields, ensure_ascii=False), now])
+
+    def note_written(self, path: str, version: tuple[int, int]) -> None:
+        """The (size, mtime_ns) of the file that is about to replace the one at path."""
+        self._write("UPDATE tag_backups SET written_size = ?, written_mtime_ns = ? WHERE path = ?",
+                    [*version, to_db_path(path)])
+
+    def written_version(self, path: str) -> tuple[int, int] | None:
+        row = self.db.execute("SELECT written_size, written_mtime_ns FROM tag_backups WHERE path = ?",
+                              [to_db_path(path)]).fetchone()
+        return tuple(row) if row and row[0] is not None else None
 
     def drop_backup(self, path: str) -> None:
         self._write("DELETE FROM tag_backups WHERE path = ?", [to_db_path(path)])

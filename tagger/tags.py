@@ -258,11 +258,12 @@ def _target_version(state: TagState, asked: int | None) -> int:
     return state.id3_version if state.id3_version in (3, 4) else 4
 
 
-def write_fields(path: str, pairs: Pairs, custom_too: bool,
-                 id3_version: int | None = None) -> os.stat_result:
+def write_fields(path: str, pairs: Pairs, custom_too: bool, id3_version: int | None = None,
+                 before_replace: Callable[[os.stat_result], None] = lambda st: None) -> os.stat_result:
     """Replace the file's genre field (and, if custom_too, every TAGGER_ field) with `pairs`,
     safely. id3_version 3 or 4 converts an existing ID3v2 tag; None keeps its version (2.4
-    for a new tag). Returns the file's new stat. Raises TagError."""
+    for a new tag). before_replace(stat of the new file) runs just before it takes the
+    original's place. Returns the file's new stat. Raises TagError."""
     kind = type(_load(path)[0])
 
     def edit(temp: str) -> None:
@@ -272,7 +273,7 @@ def write_fields(path: str, pairs: Pairs, custom_too: bool,
             f.add_tags()
         table.put(f.tags, pairs, custom_too)
         _save(f, table, temp, state, _target_version(state, id3_version))
-    return replace_safely(path, edit)
+    return replace_safely(path, edit, before_replace)
 
 
 def restore_fields(path: str, backup: dict) -> os.stat_result:
@@ -311,7 +312,8 @@ def read_only(path: str) -> bool:
     return not os.access(path, os.W_OK) or not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
 
 
-def replace_safely(path: str, edit: Callable[[str], None]) -> os.stat_result:
+def replace_safely(path: str, edit: Callable[[str], None],
+                   before_replace: Callable[[os.stat_result], None] = lambda st: None) -> os.stat_result:
     """Copy the file beside itself, edit(copy), flush it to disk and rename it over the
     original (through a symlink to its target). The original is never opened for writing;
     on any error, or an interruption, the copy is removed and the original is untouched.
@@ -331,6 +333,7 @@ def replace_safely(path: str, edit: Callable[[str], None]) -> os.stat_result:
         edit(temp)
         with open(temp, "rb+") as fh:
             os.fsync(fh.fileno())
+        before_replace(os.stat(temp))               # a rename keeps size and mtime
         os.replace(temp, real)
         temp = None
         _fsync_folder(folder)

@@ -76,16 +76,25 @@ def chosen_genres(probabilities: dict[str, float], top_k: int, min_confidence: f
     return [g for g, p in best if p >= min_confidence]
 
 
-def _check_file(path: str, size: int | None = None, mtime_ns: int | None = None) -> os.stat_result:
-    """The file's stat; raises TagError if it vanished or (with size) no longer matches."""
+def _stat(path: str) -> os.stat_result:
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError:
         raise TagError(VANISHED, path) from None
     except OSError as exc:
         raise TagError(exc.strerror or str(exc), path) from None
-    if size is not None and (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-        raise TagError(STALE, path)
+
+
+def _check_current(index: Index, row: dict) -> os.stat_result:
+    """The file's stat if it is the version the index classified, or the one tagger wrote
+    after that (a write killed between the rename and the index update); else TagError."""
+    path = row["path"]
+    st = _stat(path)
+    known, now = (row["size"], row["mtime_ns"]), (st.st_size, st.st_mtime_ns)
+    if now != known:
+        if index.written_version(path) != now:
+            raise TagError(STALE, path)
+        index.moved_on(path, known, now)
     return st
 
 
@@ -99,7 +108,7 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
         return Outcome(path, "below")
     names = [DISPLAY_NAMES.get(g, g) for g in chosen]
     try:
-        st = _check_file(path, row["size"], row["mtime_ns"])
+        st = _check_current(index, row)
         state = tags.read(path)
         custom = (tags.custom_fields(state, row["probabilities"], row["model_id"])
                   if opts.probabilities else None)
@@ -110,8 +119,10 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
             raise TagError("read-only; left unchanged", path)
         if not opts.dry_run:
             index.save_backup(path, state.backup())
-            new = tags.write_fields(path, state.planned(names, custom or ()),
-                                    custom_too=opts.probabilities, id3_version=opts.id3_version)
+            new = tags.write_fields(
+                path, state.planned(names, custom or ()), custom_too=opts.probabilities,
+                id3_version=opts.id3_version,
+                before_replace=lambda s: index.note_written(path, (s.st_size, s.st_mtime_ns)))
             index.moved_on(path, (st.st_size, st.st_mtime_ns), (new.st_size, new.st_mtime_ns))
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)
@@ -122,7 +133,7 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
     """Put back a file's genre and TAGGER_ fields as they were before the first write-tags,
     then forget the backup."""
     try:
-        st = _check_file(path)
+        st = _stat(path)
         state = tags.read(path)
         old = [v for k, v in backup["fields"] if k.upper() == state.table.genre_key.upper()]
         if tags.is_restored(state, backup):

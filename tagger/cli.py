@@ -315,12 +315,16 @@ def open_index_for_tags(db: Path, paths: list[Path]) -> tuple[Index, list[str]]:
     return Index(db), [os.path.abspath(p) for p in paths]
 
 
+TagPathsArgument = Annotated[Optional[list[Path]], typer.Argument(
+    help="Only files under these folders (or these files). \\[default: the whole index]",
+    show_default=False)]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print what would change; touch nothing.")]
+
+
 @app.command("write-tags")
 @cli_errors
 def write_tags(
-    paths: Annotated[Optional[list[Path]], typer.Argument(
-        help="Only the indexed tracks under these folders (or these files). \\[default: all]",
-        show_default=False)] = None,
+    paths: TagPathsArgument = None,
     genre: Annotated[Optional[str], typer.Option("--genre", "-g", show_default=False,
                      help="Only tracks whose top genre is this one.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Write up to K genres.")] = 1,
@@ -338,7 +342,7 @@ def write_tags(
         "--id3v23/--id3v24", show_default=False,
         help="Save ID3 tags (mp3, wav, aiff) as v2.3 or v2.4. \\[default: each file's own "
              "version; v2.4 for a file without one]")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; touch nothing.")] = False,
+    dry_run: DryRunOption = False,
     db: DbOption = default_db_path(),
 ) -> None:
     """Write the predicted genres into the files' own genre tags (TCON, GENRE, ©gen).
@@ -370,10 +374,8 @@ def write_tags(
 @app.command("restore-tags")
 @cli_errors
 def restore_tags(
-    paths: Annotated[Optional[list[Path]], typer.Argument(
-        help="Only files under these folders (or these files). \\[default: all]",
-        show_default=False)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; touch nothing.")] = False,
+    paths: TagPathsArgument = None,
+    dry_run: DryRunOption = False,
     db: DbOption = default_db_path(),
 ) -> None:
     """Put back the genre (and TAGGER_ fields) that files had before write-tags changed them.

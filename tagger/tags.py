@@ -264,29 +264,18 @@ def write_fields(path: str, pairs: Pairs, custom_too: bool, id3_version: int | N
     safely. id3_version 3 or 4 converts an existing ID3v2 tag; None keeps its version (2.4
     for a new tag). before_replace(stat of the new file) runs just before it takes the
     original's place. Returns the file's new stat. Raises TagError."""
-    kind = type(_load(path)[0])
-
-    def edit(temp: str) -> None:
-        f, table, seen = _load(temp, kind)
-        state = _state(f, table, seen)
-        if f.tags is None:
-            f.add_tags()
+    def change(f, table, state: TagState, temp: str) -> None:
         table.put(f.tags, pairs, custom_too)
         _save(f, table, temp, state, _target_version(state, id3_version))
-    return replace_safely(path, edit, before_replace)
+    return _edit_tags(path, change, before_replace)
 
 
 def restore_fields(path: str, backup: dict) -> os.stat_result:
     """Put back the fields of a TagState.backup(); an ID3v2 tag that tagger added, and that
     holds nothing else now, is removed again. Raises TagError."""
     pairs = [tuple(kv) for kv in backup["fields"]]
-    kind = type(_load(path)[0])
 
-    def edit(temp: str) -> None:
-        f, table, seen = _load(temp, kind)
-        state = _state(f, table, seen)
-        if f.tags is None:
-            f.add_tags()
+    def change(f, table, state: TagState, temp: str) -> None:
         table.put(f.tags, pairs, custom_too=True)
         if table is ID3_FIELDS and not backup["tagged"] and len(f.tags) == 0:
             if isinstance(f, MP3):
@@ -296,7 +285,20 @@ def restore_fields(path: str, backup: dict) -> os.stat_result:
             return
         version = backup["id3_version"] if backup["id3_version"] in (3, 4) else None
         _save(f, table, temp, state, _target_version(state, version))
-    return replace_safely(path, edit)
+    return _edit_tags(path, change)
+
+
+def _edit_tags(path: str, change: Callable, before_replace=lambda st: None) -> os.stat_result:
+    """change(mutagen file, field table, TagState before, copy's path) on a safe copy."""
+    kind = type(_load(path)[0])             # the copy's name does not tell mutagen the type
+
+    def edit(temp: str) -> None:
+        f, table, seen = _load(temp, kind)
+        state = _state(f, table, seen)
+        if f.tags is None:
+            f.add_tags()
+        change(f, table, state, temp)
+    return replace_safely(path, edit, before_replace)
 
 
 def is_restored(state: TagState, backup: dict) -> bool:

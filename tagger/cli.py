@@ -87,6 +87,8 @@ class StopRequest:
     """The first Ctrl-C (or SIGTERM) asks the scan to stop decoding and store what it has
     decoded; a second Ctrl-C stops at once (the open transaction is rolled back)."""
 
+    message = "Stopping: storing what is already decoded... (Ctrl-C again to stop now)"
+
     def __init__(self):
         self.requested = False
 
@@ -97,7 +99,7 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        err.print("Stopping: storing what is already decoded... (Ctrl-C again to stop now)")
+        err.print(self.message)
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -443,6 +445,133 @@ def show(
             output.bar_chart(out, result.as_row())
     if fmt is ShowFormat.json:
         output.write_json(rows)
+
+
+def tag_progress(label: str, total: int) -> tuple[Progress, object]:
+    progress = Progress(SpinnerColumn(), TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=err, disable=not err.is_terminal)
+    return progress, progress.add_task(label, total=total)
+
+
+class TagStopRequest(StopRequest):
+    message = "Stopping after the file being written... (Ctrl-C again to stop now)"
+
+
+def run_tag_command(label: str, paths: list[str], items, do_one, dry_run: bool):
+    """The loop shared by write-tags and restore-tags: leftovers of killed runs cleaned,
+    a progress bar, "path: reason" for each skipped file, "path: old -> new" in a dry run."""
+    from tagger import writetags
+    if not dry_run and (removed := writetags.clean_folders(paths)):
+        err.print(f"Removed {removed} temporary file(s) left by an interrupted write.")
+    progress, task = tag_progress(label, len(paths))
+
+    def on_outcome(o) -> None:
+        if o.action == "skipped" and o.reason != writetags.NOT_CLASSIFIED:
+            progress.console.print(f"{output.display(o.path)}: {o.reason}", highlight=False,
+                                   markup=False)
+        elif dry_run and o.action == "written":
+            out.print(f"{output.display(o.path)}: {'; '.join(o.old) or '(none)'} -> "
+                      f"{'; '.join(o.new) or '(none)'}", highlight=False, markup=False)
+        progress.advance(task)
+
+    with progress, TagStopRequest() as stop:
+        return writetags.run(items, do_one, on_outcome, stop)
+
+
+def print_tag_summary(stats, lead: str, extra: str = "") -> None:
+    skipped = sum(stats.skipped.values())
+    out.print(f"{lead} {stats.written} files: {stats.unchanged} unchanged{extra}, "
+              f"{skipped} skipped.", highlight=False)
+    for reason, n in stats.skipped.most_common():
+        out.print(f"  {reason}: {n}", highlight=False)
+    if stats.interrupted:
+        err.print("Interrupted: run the same command again to finish; every file is either "
+                  "done or untouched.", highlight=False)
+        raise typer.Exit(130)
+
+
+def open_index_for_tags(db: Path, paths: list[Path]) -> tuple[Index, list[str]]:
+    if not db.exists():
+        raise UserError(f"{db}: no index there yet; run `tagger scan FOLDER` first")
+    return Index(db), [os.path.abspath(p) for p in paths]
+
+
+TagPathsArgument = Annotated[Optional[list[Path]], typer.Argument(
+    help="Only files under these folders (or these files). \\[default: the whole index]",
+    show_default=False)]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print what would change; touch nothing.")]
+
+
+@app.command("write-tags")
+@cli_errors
+def write_tags(
+    paths: TagPathsArgument = None,
+    genre: Annotated[Optional[str], typer.Option("--genre", "-g", show_default=False,
+                     help="Only tracks whose top genre is this one.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Write up to K genres.")] = 1,
+    min_confidence: Annotated[float, typer.Option(
+        "--min-confidence", min=0.0, max=1.0,
+        help="Write only genres at least this probable; a track whose best genre is less "
+             "probable is left alone.")] = 0.5,
+    only_missing: Annotated[bool, typer.Option(
+        "--only-missing/--overwrite",
+        help="Leave files that already have a genre, or replace it.")] = True,
+    probabilities: Annotated[bool, typer.Option(
+        "--probabilities/--no-probabilities",
+        help="Also write TAGGER_MODEL and TAGGER_PROB_<GENRE> custom fields.")] = False,
+    id3v23: Annotated[Optional[bool], typer.Option(
+        "--id3v23/--id3v24", show_default=False,
+        help="Save ID3 tags (mp3, wav, aiff) as v2.3 or v2.4. \\[default: each file's own "
+             "version; v2.4 for a file without one]")] = None,
+    dry_run: DryRunOption = False,
+    db: DbOption = default_db_path(),
+) -> None:
+    """Write the predicted genres into the files' own genre tags (TCON, GENRE, ©gen).
+
+    Every other tag, the cover art and the audio stay as they were; the old genre is kept in
+    the index, and [bold]tagger restore-tags[/bold] puts it back. A file changed since the
+    scan is skipped.
+
+    Example: [bold]tagger write-tags ~/Music/Jazz --top-k 2 --min-confidence 0.3 --dry-run[/bold]
+    """
+    from tagger.writetags import TagOptions, tag_one, tracks_to_tag, under
+    key = None
+    if genre is not None and (key := normalise_genre(genre)) is None:
+        raise UserError(f"unknown genre {genre!r}; choose one of {', '.join(GENRES)}")
+    opts = TagOptions(top_k, min_confidence, not only_missing, probabilities,
+                      None if id3v23 is None else (3 if id3v23 else 4), dry_run)
+    index, roots = open_index_for_tags(db, paths or [])
+    with index, index.writer_lock():
+        todo = [row["path"] for row in tracks_to_tag(index, roots, key)]
+        for root in roots:
+            if not any(under(p, [root]) for p in todo) and key is None:
+                raise UserError(f"{root}: no indexed tracks there; run `tagger scan` on it first")
+        stats = run_tag_command("Writing tags", todo, tracks_to_tag(index, roots, key),
+                                lambda row: tag_one(index, row, opts), dry_run)
+    print_tag_summary(stats, "Would write genres to" if dry_run else "Wrote genres to",
+                      f", {stats.below} below {min_confidence:.0%} confidence")
+
+
+@app.command("restore-tags")
+@cli_errors
+def restore_tags(
+    paths: TagPathsArgument = None,
+    dry_run: DryRunOption = False,
+    db: DbOption = default_db_path(),
+) -> None:
+    """Put back the genre (and TAGGER_ fields) that files had before write-tags changed them.
+
+    A file that had no genre ends with none. The undo data is then dropped from the index.
+
+    Example: [bold]tagger restore-tags ~/Music/Jazz[/bold]
+    """
+    from tagger.writetags import backups_to_restore, restore_one
+    index, roots = open_index_for_tags(db, paths or [])
+    with index, index.writer_lock():
+        todo = backups_to_restore(index, roots)
+        stats = run_tag_command("Restoring tags", [p for p, _ in todo], todo,
+                                lambda item: restore_one(index, *item, dry_run=dry_run), dry_run)
+    print_tag_summary(stats, "Would restore" if dry_run else "Restored")
 
 
 def version_callback(value: bool) -> None:

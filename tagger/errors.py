@@ -37,3 +37,7 @@ class DatabaseError(TaggerError):
 
 class UserError(TaggerError):
     """Bad arguments or configuration that the user can fix."""
+
+
+class TagError(TaggerError):
+    """A file's tags cannot be read or written (unsupported, corrupt, read-only, vanished)."""

@@ -7,6 +7,7 @@ beside the database keeps two scans from writing the same index at once.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,7 @@ import sqlite_utils
 from tagger.errors import DatabaseError
 from tagger.genres import GENRES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ENV_VAR = "TAGGER_DB"
 
 
@@ -80,7 +81,15 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db["probabilities"].create_index(["genre", "probability"])
 
 
-MIGRATIONS = [_migrate_1]   # MIGRATIONS[i] takes the schema from version i to i + 1
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    """Undo data for write-tags: a file's genre and TAGGER_ fields as they were before tagger
+    first changed them (JSON), by path; and the size and mtime of the file tagger last wrote
+    there, noted just before it took the original's place."""
+    db["tag_backups"].create({"path": str, "fields": str, "saved_at": str, "written_size": int,
+                              "written_mtime_ns": int}, pk="path", not_null={"fields"})
+
+
+MIGRATIONS = [_migrate_1, _migrate_2]   # MIGRATIONS[i] takes the schema from version i to i + 1
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -124,8 +133,8 @@ class Index:
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
-        """Hold an exclusive lock file for the length of a scan (POSIX; elsewhere SQLite's own
-        locking still keeps the file consistent)."""
+        """Hold an exclusive lock file for the length of a scan or a tag write (POSIX;
+        elsewhere SQLite's own locking still keeps the file consistent)."""
         try:
             import fcntl
         except ImportError:
@@ -135,8 +144,9 @@ class Index:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise DatabaseError("another tagger scan is writing to this index; wait for it "
-                                    "to finish, or pass another --db", str(self.path)) from None
+                raise DatabaseError("another tagger command (scan, write-tags or restore-tags) is "
+                                    "writing to this index; wait for it to finish, or pass "
+                                    "another --db", str(self.path)) from None
             try:
                 yield
             finally:
@@ -187,7 +197,8 @@ class Index:
         genre alone: tracks whose top genre it is. genre and min_confidence: tracks whose
         probability for it is at least min_confidence, top genre or not.
         """
-        columns = "t.id, t.path, t.genre, t.confidence, t.model_id, t.error, t.status"
+        columns = ("t.id, t.path, t.genre, t.confidence, t.model_id, t.error, t.status,"
+                   " t.size, t.mtime_ns")
         where, params = [], []
         if genre is not None and min_confidence is not None:
             sql = (f"SELECT {columns} FROM probabilities p JOIN tracks t ON t.id = p.track_id"
@@ -215,7 +226,53 @@ class Index:
                     f"SELECT track_id, genre, probability FROM probabilities WHERE track_id IN ({marks})"
                     " ORDER BY track_id, probability DESC", list(probs)):
                 probs[track_id][g] = p
-            for track_id, path, top, confidence, model_id, error, status in rows:
+            for track_id, path, top, confidence, model_id, error, status, size, mtime_ns in rows:
                 yield {"path": from_db_path(path), "genre": top, "confidence": confidence,
                        "probabilities": probs[track_id], "model_id": model_id, "error": error,
-                       "status": status}
+                       "status": status, "size": size, "mtime_ns": mtime_ns}
+
+    def file_version(self, path: str) -> tuple[int, int] | None:
+        """(size, mtime_ns) of the file as the index last saw it, or None if not indexed."""
+        row = self.db.execute("SELECT size, mtime_ns FROM tracks WHERE path = ?",
+                              [to_db_path(path)]).fetchone()
+        return tuple(row) if row else None
+
+    def moved_on(self, path: str, old: tuple[int, int], new: tuple[int, int]) -> None:
+        """After tagger rewrote a file's tags (not its audio): record its new size and mtime,
+        so that the next scan does not classify it again, but only if the index was current
+        for the old version of the file."""
+        self._write("UPDATE tracks SET size = ?, mtime_ns = ? WHERE path = ? AND size = ?"
+                    " AND mtime_ns = ?", [*new, to_db_path(path), *old])
+
+    def save_backup(self, path: str, fields: dict) -> None:
+        """Keep a file's original tag fields; a backup that exists already is never replaced,
+        so that a restore goes back to the state before the first write."""
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._write("INSERT OR IGNORE INTO tag_backups (path, fields, saved_at) VALUES (?,?,?)",
+                    [to_db_path(path), json.dumps(fields, ensure_ascii=False), now])
+
+    def note_written(self, path: str, version: tuple[int, int]) -> None:
+        """The (size, mtime_ns) of the file that is about to replace the one at path."""
+        self._write("UPDATE tag_backups SET written_size = ?, written_mtime_ns = ? WHERE path = ?",
+                    [*version, to_db_path(path)])
+
+    def written_version(self, path: str) -> tuple[int, int] | None:
+        row = self.db.execute("SELECT written_size, written_mtime_ns FROM tag_backups WHERE path = ?",
+                              [to_db_path(path)]).fetchone()
+        return tuple(row) if row and row[0] is not None else None
+
+    def drop_backup(self, path: str) -> None:
+        self._write("DELETE FROM tag_backups WHERE path = ?", [to_db_path(path)])
+
+    def backups(self) -> Iterator[tuple[str, dict]]:
+        """(path, fields) of every saved backup, by path."""
+        rows = self.db.execute("SELECT path, fields FROM tag_backups ORDER BY path").fetchall()
+        for path, fields in rows:
+            yield from_db_path(path), json.loads(fields)
+
+    def _write(self, sql: str, params: list) -> None:
+        try:
+            with self.db.atomic():
+                self.db.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise DatabaseError(f"cannot write to the index: {exc}", str(self.path)) from None

@@ -100,7 +100,7 @@ def test_not_a_database(tmp_path):
 def test_writer_lock_is_exclusive(tmp_path):
     with Index(tmp_path / "i.db") as a, Index(tmp_path / "i.db") as b:
         with a.writer_lock():
-            with pytest.raises(DatabaseError, match="another tagger scan"):
+            with pytest.raises(DatabaseError, match="another tagger command"):
                 with b.writer_lock():
                     pass
         with b.writer_lock():

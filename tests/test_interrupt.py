@@ -93,8 +93,9 @@ def test_second_scan_on_the_same_index_is_refused(big_library, model_path, tmp_p
         result = CliRunner().invoke(app, ["scan", str(big_library), "--db", str(db),
                                           "--model", str(model_path), "--workers", "0"])
         assert result.exit_code == 1
-        assert result.stderr == (f"Error: {db}: another tagger scan is writing to this index; "
-                                 "wait for it to finish, or pass another --db\n")
+        assert result.stderr == (f"Error: {db}: another tagger command (scan, write-tags or "
+                                 "restore-tags) is writing to this index; wait for it to "
+                                 "finish, or pass another --db\n")
         # reading while a scan writes is fine
         listing = CliRunner().invoke(app, ["query", "--db", str(db), "--format", "json"])
         assert listing.exit_code == 0

@@ -1,0 +1,178 @@
+"""write-tags and restore-tags over the index: which files, what to write, and the counts.
+
+No terminal I/O here: the CLI passes a callback for each file's outcome and a function that
+says when to stop. Each file is done whole or not at all (tagger.tags writes a copy and
+renames it); the undo record is in the index before a file is first changed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from tagger import tags
+from tagger.errors import TagError
+from tagger.genres import DISPLAY_NAMES
+from tagger.index import Index
+
+STALE = "changed since it was scanned (the prediction may not be its own); run `tagger scan` on it first"
+VANISHED = "no longer exists"
+NOT_CLASSIFIED = "not classified"
+
+
+@dataclass
+class TagOptions:
+    top_k: int = 1
+    min_confidence: float = 0.5
+    overwrite: bool = False          # replace a genre the file already has
+    probabilities: bool = False      # also write TAGGER_MODEL and TAGGER_PROB_<GENRE>
+    id3_version: int | None = None   # 3 or 4 converts ID3v2 tags; None keeps each file's own
+    dry_run: bool = False
+
+
+@dataclass
+class Outcome:
+    """What happened to one file: "written" (or restored; in a dry run, would be),
+    "unchanged", "below" (the threshold), or "skipped" with a reason."""
+    path: str
+    action: str
+    old: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+
+@dataclass
+class TagStats:
+    written: int = 0
+    unchanged: int = 0
+    below: int = 0
+    skipped: Counter = field(default_factory=Counter)     # short reason -> files
+    interrupted: bool = False
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome.action == "skipped":
+            self.skipped[_short(outcome.reason)] += 1
+        else:
+            setattr(self, outcome.action, getattr(self, outcome.action) + 1)
+
+
+def _short(reason: str | None) -> str:
+    if reason in (STALE, VANISHED, NOT_CLASSIFIED):
+        return {STALE: "changed since the scan", VANISHED: "vanished",
+                NOT_CLASSIFIED: NOT_CLASSIFIED}[reason]
+    return "read-only" if reason and reason.startswith("read-only") else "unreadable or unwritable"
+
+
+def under(path: str, roots: Sequence[str]) -> bool:
+    """True if path is one of roots or inside one (roots absolute; none means all)."""
+    return not roots or any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def chosen_genres(probabilities: dict[str, float], top_k: int, min_confidence: float) -> list[str]:
+    """Up to top_k genres, best first, whose probability is at least min_confidence."""
+    best = sorted(probabilities.items(), key=lambda kv: -kv[1])[:top_k]
+    return [g for g, p in best if p >= min_confidence]
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise TagError(VANISHED, path) from None
+    except OSError as exc:
+        raise TagError(exc.strerror or str(exc), path) from None
+
+
+def _check_current(index: Index, row: dict) -> os.stat_result:
+    """The file's stat if it is the version the index classified, or the one tagger wrote
+    after that (a write killed between the rename and the index update); else TagError."""
+    path = row["path"]
+    st = _stat(path)
+    known, now = (row["size"], row["mtime_ns"]), (st.st_size, st.st_mtime_ns)
+    if now != known:
+        if index.written_version(path) != now:
+            raise TagError(STALE, path)
+        index.moved_on(path, known, now)
+    return st
+
+
+def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
+    """Write one indexed track's genres into its file (see TagOptions)."""
+    path = row["path"]
+    if row["status"] != "ok":
+        return Outcome(path, "skipped", reason=NOT_CLASSIFIED)
+    chosen = chosen_genres(row["probabilities"], opts.top_k, opts.min_confidence)
+    if not chosen:
+        return Outcome(path, "below")
+    names = [DISPLAY_NAMES.get(g, g) for g in chosen]
+    try:
+        st = _check_current(index, row)
+        state = tags.read(path)
+        custom = (tags.custom_fields(state, row["probabilities"], row["model_id"])
+                  if opts.probabilities else None)
+        if ((state.genres and not opts.overwrite)
+                or state.holds(names, custom, opts.id3_version)):
+            return Outcome(path, "unchanged", state.genres, state.genres)
+        if tags.read_only(path):
+            raise TagError("read-only; left unchanged", path)
+        if not opts.dry_run:
+            index.save_backup(path, state.backup())
+            new = tags.write_fields(
+                path, state.planned(names, custom or ()), custom_too=opts.probabilities,
+                id3_version=opts.id3_version,
+                before_replace=lambda s: index.note_written(path, (s.st_size, s.st_mtime_ns)))
+            index.moved_on(path, (st.st_size, st.st_mtime_ns), (new.st_size, new.st_mtime_ns))
+    except TagError as exc:
+        return Outcome(path, "skipped", reason=exc.reason)
+    return Outcome(path, "written", state.genres, names)
+
+
+def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) -> Outcome:
+    """Put back a file's genre and TAGGER_ fields as they were before the first write-tags,
+    then forget the backup."""
+    try:
+        st = _stat(path)
+        state = tags.read(path)
+        old = [v for k, v in backup["fields"] if k.upper() == state.table.genre_key.upper()]
+        if tags.is_restored(state, backup):
+            if not dry_run:
+                index.drop_backup(path)
+            return Outcome(path, "unchanged", state.genres, state.genres)
+        if tags.read_only(path):
+            raise TagError("read-only; left unchanged", path)
+        if not dry_run:
+            new = tags.restore_fields(path, backup)
+            index.moved_on(path, (st.st_size, st.st_mtime_ns), (new.st_size, new.st_mtime_ns))
+            index.drop_backup(path)
+    except TagError as exc:
+        return Outcome(path, "skipped", reason=exc.reason)
+    return Outcome(path, "written", state.genres, old)
+
+
+def tracks_to_tag(index: Index, roots: Sequence[str], genre: str | None) -> Iterator[dict]:
+    return (row for row in index.tracks(genre=genre) if under(row["path"], roots))
+
+
+def backups_to_restore(index: Index, roots: Sequence[str]) -> list[tuple[str, dict]]:
+    return [(path, fields) for path, fields in index.backups() if under(path, roots)]
+
+
+def clean_folders(paths: Iterable[str]) -> int:
+    """Remove what killed writes left behind in the folders of these files."""
+    return tags.remove_leftovers(sorted({os.path.dirname(os.path.realpath(p)) for p in paths}))
+
+
+def run(items: Iterable, do_one: Callable[..., Outcome], on_outcome: Callable[[Outcome], None],
+        should_stop: Callable[[], bool] = lambda: False) -> TagStats:
+    """do_one(item) for each item until should_stop(); a file's failure is its outcome."""
+    stats = TagStats()
+    for item in items:
+        if should_stop():
+            stats.interrupted = True
+            break
+        outcome = do_one(item)
+        stats.count(outcome)
+        on_outcome(outcome)
+    return stats

@@ -218,6 +218,7 @@ class FeatureCache:
         self.dir = Path(cache_dir) / settings_key(settings)
         self.log_mel = LogMel(settings)
         self.hits = self.misses = 0
+        self.write_error: str | None = None   # the first failure to write an entry
 
     def compute(self, path: str) -> list[torch.Tensor]:
         s = self.settings
@@ -236,6 +237,14 @@ class FeatureCache:
             pass
         mels = self.compute(path)
         self.misses += 1
+        if self.write_error is None:
+            try:
+                self._save(entry, mels)
+            except OSError as exc:      # a full disk or a read-only cache costs speed only
+                self.write_error = f"{self.dir}: {exc.strerror or exc}"
+        return mels
+
+    def _save(self, entry: Path, mels: list[torch.Tensor]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npz", dir=self.dir)
         try:
@@ -245,7 +254,6 @@ class FeatureCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return mels
 
 
 def load_features(clips: list[Clip], cache: FeatureCache,

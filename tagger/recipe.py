@@ -13,9 +13,9 @@ CACHE_ENV_VAR = "TAGGER_CACHE"
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 60                # upper bound; early stopping usually ends sooner
-    patience: int = 15              # epochs without a better validation accuracy
+    patience: int = 20              # epochs without a better validation accuracy
     batch_size: int = 16            # crops per step
-    crops_per_clip: int = 4         # crops drawn from each training clip per epoch
+    crops_per_clip: int = 8         # crops drawn from each training clip per epoch
     crop_segments: int = 6          # consecutive segments per crop (about 5.7 s)
     lr: float = 2e-3
     weight_decay: float = 0.05

@@ -267,6 +267,8 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
         raise UserError(f"{data_dir}: no audio clips with a genre found (expected genre folders "
                         f"such as blues/, or names such as blues.00000.wav)")
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; --out takes the checkpoint's file name")
     out.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out.parent, os.W_OK):
         raise UserError(f"{out.parent}: cannot write there; choose another --out")
@@ -283,6 +285,8 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
         reporter.features(loaded, len(found.clips), clip, error)
 
     clips, mels_list = load_features(found.clips, cache, on_clip)
+    if cache.write_error:
+        reporter.note(f"Could not write the feature cache ({cache.write_error}); going on without it.")
     mels = {c.path: m for c, m in zip(clips, mels_list)}
     splits = make_splits(clips, split, folds, ts.seed)
     for s in splits:

@@ -178,6 +178,8 @@ def _is_genre(table, key: str) -> bool:
 
 
 def _wrap(path: str, exc: Exception) -> TagError:
+    if isinstance(exc.__cause__, OSError):     # mutagen wraps I/O errors: "No space left..."
+        exc = exc.__cause__
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return TagError(reason, path)
 
@@ -340,7 +342,7 @@ def replace_safely(path: str, edit: Callable[[str], None],
         temp = None
         _fsync_folder(folder)
         return os.stat(real)
-    except OSError as exc:
+    except (OSError, mutagen.MutagenError) as exc:     # mutagen's save fails as its own error
         raise _wrap(path, exc) from None
     except TagError as exc:
         raise TagError(exc.reason, path) from None

@@ -187,6 +187,24 @@ def test_write_through_a_symlink_keeps_the_link(lib, tmp_path):
     assert (lib / "plain.flac").stat().st_mode & 0o777 == mode
 
 
+def test_a_failed_save_is_a_tag_error_with_the_reason(lib, originals, monkeypatch):
+    """mutagen reports a failed save (a full disk) as its own error, not an OSError."""
+    import errno
+    from mutagen.flac import FLAC, error as FLACError
+
+    def full_disk(self, *args, **kwargs):
+        raise FLACError(OSError(errno.ENOSPC, "No space left on device")) \
+            from OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FLAC, "save", full_disk)
+    path = lib / "picture.flac"
+    with pytest.raises(tags.TagError) as info:
+        tags.write_fields(str(path), [("GENRE", "Jazz")], custom_too=False)
+    assert (info.value.path, info.value.reason) == (str(path), "No space left on device")
+    assert path.read_bytes() == originals["picture.flac"].read_bytes()
+    assert sorted(p.name for p in lib.iterdir()) == sorted(originals)
+
+
 # -- the commands -------------------------------------------------------------------------------
 
 def test_dry_run_prints_old_and_new_and_touches_nothing(lib, originals, db):
@@ -253,6 +271,22 @@ def test_stale_vanished_read_only_and_unsupported_files_are_skipped(lib, origina
         assert f"  {reason}\n" in result.stdout
     assert (lib / "plain.flac").read_bytes() == originals["plain.flac"].read_bytes()
     assert (lib / "plain.wav").read_bytes() == originals["plain.wav"].read_bytes()
+    assert genres_of(lib / "plain.mp3") == ["Hip-Hop"]
+
+
+def test_a_failed_save_skips_the_file_and_goes_on(lib, originals, db, monkeypatch):
+    import errno
+    from mutagen.flac import FLAC, error as FLACError
+
+    def full_disk(self, *args, **kwargs):
+        raise FLACError(OSError(errno.ENOSPC, "No space left on device")) \
+            from OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FLAC, "save", full_disk)
+    result = run("write-tags", "--db", db, "--overwrite")
+    assert f"{lib / 'plain.flac'}: No space left on device\n" in result.stderr
+    assert "Wrote genres to 14 files: 0 unchanged, 0 below 50% confidence, 2 skipped." in result.stdout
+    assert (lib / "picture.flac").read_bytes() == originals["picture.flac"].read_bytes()
     assert genres_of(lib / "plain.mp3") == ["Hip-Hop"]
 
 

@@ -14,6 +14,7 @@ crash or a kill at any moment leaves either the old file or the new one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import stat
@@ -26,6 +27,7 @@ from mutagen.aiff import AIFF
 from mutagen.flac import FLAC
 from mutagen.id3 import ID3, TCON, TXXX, delete as delete_id3
 from mutagen.id3._id3v1 import find_id3v1   # mutagen has no public way to keep v1 bytes
+from mutagen.id3._tags import ID3Tags
 from mutagen.mp3 import MP3
 from mutagen.mp4 import MP4, AtomDataType, MP4FreeForm
 from mutagen.oggopus import OggOpus
@@ -232,7 +234,7 @@ def _save(f, table, path: str, state: TagState, id3_version: int) -> None:
         f.save(path)
         return
     if state.id3_version != id3_version:    # a new tag, or a version change that was asked for
-        (f.tags.update_to_v23 if id3_version == 3 else f.tags.update_to_v24)()
+        _convert(f.tags, id3_version)
     if not isinstance(f, MP3):
         f.tags.save(path, v2_version=id3_version, v23_sep="/")
         return
@@ -241,6 +243,29 @@ def _save(f, table, path: str, state: TagState, id3_version: int) -> None:
     if v1:
         with open(path, "ab") as fh:
             fh.write(v1)
+
+
+def _convert(tags, version: int) -> None:
+    """Convert an ID3v2 tag to v2.`version` with mutagen, but lose no frame: mutagen drops
+    the frames that the other version lacks (TSOP, TSOA, TMOO, RVA2... going to v2.3; RVAD,
+    TSIZ, TRDA... going to v2.4) and turns TDRC, TDOR and TMCL into coarser v2.3 frames.
+    A frame the conversion removed is put back unless converting back would give it again,
+    so that a restore to the file's own version gives back the same frames."""
+    before = list(tags.values())
+    if version == 4 and "IPLS" in tags and ("TIPL" in tags or "TMCL" in tags):
+        del tags["IPLS"]                    # kept beside TIPL/TMCL by an earlier v2.3 write
+    (tags.update_to_v23 if version == 3 else tags.update_to_v24)()
+    removed = [frame for frame in before if frame.HashKey not in tags]
+    if not removed:
+        return
+    back = ID3Tags()
+    for frame in tags.values():
+        back.add(copy.deepcopy(frame))
+    (back.update_to_v24 if version == 3 else back.update_to_v23)()
+    for frame in removed:
+        again = back.get(frame.HashKey)
+        if again is None or again._pprint() != frame._pprint():
+            tags.add(frame)
 
 
 def _id3v1_bytes(path: str) -> bytes:

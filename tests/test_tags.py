@@ -153,6 +153,41 @@ def test_id3_version_changes_only_when_asked(lib, originals, name, flag, version
     assert restored["payload"] == original["payload"]
 
 
+@pytest.mark.parametrize("version,flag", [(4, 3), (3, 4)])
+def test_an_id3_version_change_loses_no_frame(lib, version, flag):
+    """mutagen's conversion drops the frames the other version lacks (sort names, mood,
+    ReplayGain in RVA2; TSIZ, TRDA) and rounds TDRC and TDOR; tagger keeps them all."""
+    from mutagen.id3 import (ID3, RVA2, TDOR, TDRC, TDRL, TIME, TIT2, TMCL, TMOO, TORY, TRDA,
+                             TSIZ, TSOA, TSOP, TDAT, TYER)
+    path = lib / "bare.mp3"
+    frames = ([TSOP(encoding=3, text=["Beatles, The"]), TSOA(encoding=3, text=["White"]),
+               TMOO(encoding=3, text=["calm"]), TDRL(encoding=3, text=["2009-09-09"]),
+               TDRC(encoding=3, text=["2001-05-03T12:34:56"]), TDOR(encoding=3, text=["1968-11-22"]),
+               TMCL(encoding=3, people=[["guitar", "George"]]),
+               RVA2(desc="track", channel=1, gain=-6.5, peak=0.9)]
+              if version == 4 else
+              [TYER(encoding=0, text=["2001"]), TDAT(encoding=0, text=["0305"]),
+               TIME(encoding=0, text=["1234"]), TORY(encoding=0, text=["1968"]),
+               TSIZ(encoding=0, text=["12345"]), TRDA(encoding=0, text=["May 3"])])
+    tag = ID3()
+    for frame in [TIT2(encoding=3, text=["t"])] + frames:
+        tag.add(frame)
+    tag.save(path, v2_version=version)
+
+    def frames_of(translate=False):
+        tag = ID3(path, translate=translate)
+        return tag.version, {k: v._pprint() for k, v in tag.items() if k != "TCON"}
+
+    before = frames_of()
+    state = tags.read(str(path))
+    tags.write_fields(str(path), state.planned(["Jazz"]), custom_too=False, id3_version=flag)
+    version_now, written = frames_of()
+    translated = {"TYER", "TDAT", "TIME", "TORY"}       # into TDRC and TDOR, exactly
+    assert version_now == (2, flag, 0) and set(before[1]) - translated <= set(written)
+    tags.restore_fields(str(path), state.backup())
+    assert frames_of() == before
+
+
 def test_unsupported_and_corrupt_files_raise_tag_error(tmp_path):
     au = write_track(tmp_path / "x.au", seconds=0.5)
     with pytest.raises(tags.TagError, match="not a file format tagger can tag"):

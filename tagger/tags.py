@@ -59,7 +59,14 @@ class _ID3Fields:
         """What a reader sees: ID3v1-style numbers resolved ('(17)' is Rock), no split on '/'."""
         return [g for f in tags.getall("TCON") for g in f.genres]
 
-    def put(self, tags, pairs: Pairs, custom_too: bool) -> None:
+    def encodings(self, tags) -> dict[str, int]:
+        """The text encoding of each frame that managed() reads, by key."""
+        return {f.HashKey: int(f.encoding) for f in tags.getall("TCON") + tags.getall("TXXX")
+                if f.FrameID == "TCON" or f.desc.startswith(PREFIX)}
+
+    def put(self, tags, pairs: Pairs, custom_too: bool, encodings: dict | None = None) -> None:
+        """encodings (a restore's) gives a frame back its own text encoding; new ones are UTF-8."""
+        encodings = encodings or {}
         tags.delall("TCON")
         if custom_too:
             for f in tags.getall("TXXX"):
@@ -67,9 +74,10 @@ class _ID3Fields:
                     del tags[f.HashKey]
         for key, values in _grouped(pairs).items():
             if key == "TCON":
-                tags.add(TCON(encoding=3, text=values))
+                tags.add(TCON(encoding=encodings.get(key, 3), text=values))
             else:
-                tags.add(TXXX(encoding=3, desc=key.removeprefix("TXXX:"), text=values))
+                tags.add(TXXX(encoding=encodings.get(key, 3), desc=key.removeprefix("TXXX:"),
+                              text=values))
 
 
 class _VorbisFields:
@@ -91,7 +99,7 @@ class _VorbisFields:
     def genres(self, tags) -> list[str]:
         return [v for k, v in tags if k.upper() == "GENRE"]
 
-    def put(self, tags, pairs: Pairs, custom_too: bool) -> None:
+    def put(self, tags, pairs: Pairs, custom_too: bool, encodings: dict | None = None) -> None:
         drop = [self._ours(k, custom_too) for k, _ in tags]
         first = next((i for i, (k, _) in enumerate(tags) if k.upper() == "GENRE"), len(tags))
         at = sum(1 for d in drop[:first] if not d)
@@ -119,7 +127,7 @@ class _MP4Fields:
     def genres(self, tags) -> list[str]:
         return list(tags.get("©gen", []))
 
-    def put(self, tags, pairs: Pairs, custom_too: bool) -> None:
+    def put(self, tags, pairs: Pairs, custom_too: bool, encodings: dict | None = None) -> None:
         for key in ["©gen"] + (self._custom(tags) if custom_too else []):
             tags.pop(key, None)
         for key, values in _grouped(pairs).items():
@@ -152,6 +160,7 @@ class TagState:
     tagged: bool               # the file has a tag at all (an ID3v2 tag, for the ID3 formats)
     id3_version: int | None    # 2, 3 or 4: the ID3v2 tag's minor version, for the ID3 formats
     table: _ID3Fields | _VorbisFields | _MP4Fields = field(repr=False, compare=False)
+    encodings: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # ID3
 
     def planned(self, genres: Sequence[str], custom: Pairs = ()) -> Pairs:
         """The managed fields that would give these genres (and custom fields)."""
@@ -172,7 +181,7 @@ class TagState:
     def backup(self) -> dict:
         """The JSON-able undo record of this state."""
         return {"fields": [list(kv) for kv in self.fields], "tagged": self.tagged,
-                "id3_version": self.id3_version}
+                "id3_version": self.id3_version, "encodings": self.encodings}
 
 
 def _is_genre(table, key: str) -> bool:
@@ -210,7 +219,8 @@ def _state(f, table, seen: list[str]) -> TagState:
     tags = f.tags
     version = tags.version[1] if table is ID3_FIELDS and tags is not None else None
     return TagState(table.managed(tags) if tags is not None else [], seen, tags is not None,
-                    version, table)
+                    version, table,
+                    table.encodings(tags) if table is ID3_FIELDS and tags is not None else {})
 
 
 def read(path: str) -> TagState:
@@ -303,7 +313,7 @@ def restore_fields(path: str, backup: dict) -> os.stat_result:
     pairs = [tuple(kv) for kv in backup["fields"]]
 
     def change(f, table, state: TagState, temp: str) -> None:
-        table.put(f.tags, pairs, custom_too=True)
+        table.put(f.tags, pairs, custom_too=True, encodings=backup.get("encodings"))
         if table is ID3_FIELDS and not backup["tagged"] and len(f.tags) == 0:
             if isinstance(f, MP3):
                 delete_id3(temp, delete_v1=False, delete_v2=True)

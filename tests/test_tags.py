@@ -188,6 +188,21 @@ def test_an_id3_version_change_loses_no_frame(lib, version, flag):
     assert frames_of() == before
 
 
+def test_a_restore_gives_id3_frames_back_their_text_encoding(lib, originals):
+    from mutagen.id3 import ID3, TCON, TXXX
+    path = lib / "bare.mp3"
+    tag = ID3()
+    tag.add(TCON(encoding=0, text=["Rock"]))
+    tag.add(TXXX(encoding=1, desc="TAGGER_MODEL", text=["old"]))
+    tag.save(path, v2_version=3)
+    before = path.read_bytes()
+    state = tags.read(str(path))
+    tags.write_fields(str(path), state.planned(["Jazz"], [("TXXX:TAGGER_MODEL", "new")]),
+                      custom_too=True)
+    tags.restore_fields(str(path), state.backup())
+    assert path.read_bytes() == before
+
+
 def test_unsupported_and_corrupt_files_raise_tag_error(tmp_path):
     au = write_track(tmp_path / "x.au", seconds=0.5)
     with pytest.raises(tags.TagError, match="not a file format tagger can tag"):

@@ -59,14 +59,15 @@ class _ID3Fields:
         """What a reader sees: ID3v1-style numbers resolved ('(17)' is Rock), no split on '/'."""
         return [g for f in tags.getall("TCON") for g in f.genres]
 
-    def encodings(self, tags) -> dict[str, int]:
-        """The text encoding of each frame that managed() reads, by key."""
-        return {f.HashKey: int(f.encoding) for f in tags.getall("TCON") + tags.getall("TXXX")
-                if f.FrameID == "TCON" or f.desc.startswith(PREFIX)}
+    def details(self, tags) -> dict:
+        """For the undo record: the text encoding of each frame that managed() reads, by key."""
+        return {"encodings": {f.HashKey: int(f.encoding)
+                              for f in tags.getall("TCON") + tags.getall("TXXX")
+                              if f.FrameID == "TCON" or f.desc.startswith(PREFIX)}}
 
-    def put(self, tags, pairs: Pairs, custom_too: bool, encodings: dict | None = None) -> None:
-        """encodings (a restore's) gives a frame back its own text encoding; new ones are UTF-8."""
-        encodings = encodings or {}
+    def put(self, tags, pairs: Pairs, custom_too: bool, backup: dict | None = None) -> None:
+        """A restore's backup gives a frame back its own text encoding; new ones are UTF-8."""
+        encodings = (backup or {}).get("encodings") or {}
         tags.delall("TCON")
         if custom_too:
             for f in tags.getall("TXXX"):
@@ -82,8 +83,8 @@ class _ID3Fields:
 
 class _VorbisFields:
     """Vorbis comments (flac, ogg vorbis, opus): one GENRE= per genre. Keys are
-    case-insensitive; the new fields take the place of the old genre, so that a restore
-    puts everything back in its original order."""
+    case-insensitive; the new fields take the place of the old genre, and a restore puts
+    each field back at its original position in the list."""
     name, genre_key = "vorbis", "GENRE"
 
     def custom_key(self, name: str) -> str:
@@ -99,11 +100,21 @@ class _VorbisFields:
     def genres(self, tags) -> list[str]:
         return [v for k, v in tags if k.upper() == "GENRE"]
 
-    def put(self, tags, pairs: Pairs, custom_too: bool, encodings: dict | None = None) -> None:
+    def details(self, tags) -> dict:
+        """For the undo record: where each field that managed() reads is in the list."""
+        return {"positions": [i for i, (k, _) in enumerate(tags) if self._ours(k)]}
+
+    def put(self, tags, pairs: Pairs, custom_too: bool, backup: dict | None = None) -> None:
         drop = [self._ours(k, custom_too) for k, _ in tags]
+        kept = [kv for kv, d in zip(list(tags), drop) if not d]
+        positions = (backup or {}).get("positions")
+        if positions and len(positions) == len(pairs):     # a restore: each back in its place
+            for at, kv in zip(positions, pairs):             # ascending, so each lands at `at`
+                kept.insert(at, tuple(kv))
+            tags[:] = kept
+            return
         first = next((i for i, (k, _) in enumerate(tags) if k.upper() == "GENRE"), len(tags))
         at = sum(1 for d in drop[:first] if not d)
-        kept = [kv for kv, d in zip(list(tags), drop) if not d]
         tags[:] = kept[:at] + list(pairs) + kept[at:]
 
 
@@ -127,7 +138,10 @@ class _MP4Fields:
     def genres(self, tags) -> list[str]:
         return list(tags.get("©gen", []))
 
-    def put(self, tags, pairs: Pairs, custom_too: bool, encodings: dict | None = None) -> None:
+    def details(self, tags) -> dict:
+        return {}
+
+    def put(self, tags, pairs: Pairs, custom_too: bool, backup: dict | None = None) -> None:
         for key in ["©gen"] + (self._custom(tags) if custom_too else []):
             tags.pop(key, None)
         for key, values in _grouped(pairs).items():
@@ -160,7 +174,7 @@ class TagState:
     tagged: bool               # the file has a tag at all (an ID3v2 tag, for the ID3 formats)
     id3_version: int | None    # 2, 3 or 4: the ID3v2 tag's minor version, for the ID3 formats
     table: _ID3Fields | _VorbisFields | _MP4Fields = field(repr=False, compare=False)
-    encodings: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # ID3
+    details: dict = field(default_factory=dict, repr=False, compare=False)  # table.details()
 
     def planned(self, genres: Sequence[str], custom: Pairs = ()) -> Pairs:
         """The managed fields that would give these genres (and custom fields)."""
@@ -181,7 +195,7 @@ class TagState:
     def backup(self) -> dict:
         """The JSON-able undo record of this state."""
         return {"fields": [list(kv) for kv in self.fields], "tagged": self.tagged,
-                "id3_version": self.id3_version, "encodings": self.encodings}
+                "id3_version": self.id3_version, **self.details}
 
 
 def _is_genre(table, key: str) -> bool:
@@ -219,8 +233,7 @@ def _state(f, table, seen: list[str]) -> TagState:
     tags = f.tags
     version = tags.version[1] if table is ID3_FIELDS and tags is not None else None
     return TagState(table.managed(tags) if tags is not None else [], seen, tags is not None,
-                    version, table,
-                    table.encodings(tags) if table is ID3_FIELDS and tags is not None else {})
+                    version, table, table.details(tags) if tags is not None else {})
 
 
 def read(path: str) -> TagState:
@@ -313,7 +326,7 @@ def restore_fields(path: str, backup: dict) -> os.stat_result:
     pairs = [tuple(kv) for kv in backup["fields"]]
 
     def change(f, table, state: TagState, temp: str) -> None:
-        table.put(f.tags, pairs, custom_too=True, encodings=backup.get("encodings"))
+        table.put(f.tags, pairs, custom_too=True, backup=backup)
         if table is ID3_FIELDS and not backup["tagged"] and len(f.tags) == 0:
             if isinstance(f, MP3):
                 delete_id3(temp, delete_v1=False, delete_v2=True)

@@ -203,6 +203,24 @@ def test_a_restore_gives_id3_frames_back_their_text_encoding(lib, originals):
     assert path.read_bytes() == before
 
 
+def test_a_restore_puts_vorbis_fields_back_in_their_places(lib):
+    path = lib / "plain.flac"
+    f = mutagen.File(path)
+    f.tags[:] = [("TITLE", "t"), ("GENRE", "Rock"), ("ARTIST", "a"), ("genre", "Pop"),
+                 ("ALBUM", "b"), ("TAGGER_MODEL", "old")]
+    f.save()
+    before = snapshot(path)
+    state = tags.read(str(path))
+    tags.write_fields(str(path), state.planned(["Jazz"], [("TAGGER_MODEL", "new")]),
+                      custom_too=True)
+    tags.restore_fields(str(path), state.backup())
+    assert snapshot(path) == before
+    old_record = {k: v for k, v in state.backup().items() if k != "positions"}
+    tags.write_fields(str(path), state.planned(["Jazz"]), custom_too=True)
+    tags.restore_fields(str(path), old_record)              # a record saved before positions were kept
+    assert sorted(mutagen.File(path).tags) == sorted(before["tags"])
+
+
 def test_unsupported_and_corrupt_files_raise_tag_error(tmp_path):
     au = write_track(tmp_path / "x.au", seconds=0.5)
     with pytest.raises(tags.TagError, match="not a file format tagger can tag"):

@@ -139,14 +139,21 @@ class _MP4Fields:
         return list(tags.get("©gen", []))
 
     def details(self, tags) -> dict:
-        return {}
+        """For the undo record: the data type of each TAGGER_ value, by key."""
+        return {"dataformats": {k: [int(v.dataformat) for v in tags[k]] for k in self._custom(tags)}}
 
     def put(self, tags, pairs: Pairs, custom_too: bool, backup: dict | None = None) -> None:
+        """A restore's backup gives a TAGGER_ value back its own data type; new ones are UTF-8."""
+        formats = (backup or {}).get("dataformats") or {}
         for key in ["©gen"] + (self._custom(tags) if custom_too else []):
             tags.pop(key, None)
         for key, values in _grouped(pairs).items():
-            tags[key] = values if key == "©gen" else [
-                MP4FreeForm(v.encode("utf-8"), dataformat=AtomDataType.UTF8) for v in values]
+            if key == "©gen":
+                tags[key] = values
+                continue
+            kinds = formats.get(key, []) + [AtomDataType.UTF8] * len(values)   # UTF-8 if unknown
+            tags[key] = [MP4FreeForm(v.encode("utf-8"), dataformat=kind)
+                         for v, kind in zip(values, kinds)]
 
 
 def _grouped(pairs: Pairs) -> dict[str, list[str]]:

@@ -221,6 +221,22 @@ def test_a_restore_puts_vorbis_fields_back_in_their_places(lib):
     assert sorted(mutagen.File(path).tags) == sorted(before["tags"])
 
 
+def test_a_restore_gives_mp4_freeform_fields_back_their_data_type(lib):
+    from mutagen.mp4 import AtomDataType, MP4FreeForm
+    path = lib / "cover.m4a"
+    f = mutagen.File(path)
+    f["----:com.apple.iTunes:TAGGER_MODEL"] = [MP4FreeForm(b"old", AtomDataType.IMPLICIT)]
+    f.save()
+    before = snapshot(path)
+    state = tags.read(str(path))
+    custom = [("----:com.apple.iTunes:TAGGER_MODEL", "new")]
+    tags.write_fields(str(path), state.planned(["Jazz"], custom), custom_too=True)
+    written = mutagen.File(path).tags["----:com.apple.iTunes:TAGGER_MODEL"]
+    assert written[0].dataformat == AtomDataType.UTF8
+    tags.restore_fields(str(path), state.backup())
+    assert snapshot(path) == before
+
+
 def test_unsupported_and_corrupt_files_raise_tag_error(tmp_path):
     au = write_track(tmp_path / "x.au", seconds=0.5)
     with pytest.raises(tags.TagError, match="not a file format tagger can tag"):

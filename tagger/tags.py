@@ -327,9 +327,11 @@ def write_fields(path: str, pairs: Pairs, custom_too: bool, id3_version: int | N
     return _edit_tags(path, change, before_replace)
 
 
-def restore_fields(path: str, backup: dict) -> os.stat_result:
+def restore_fields(path: str, backup: dict,
+                   before_replace: Callable[[os.stat_result], None] = lambda st: None) -> os.stat_result:
     """Put back the fields of a TagState.backup(); an ID3v2 tag that tagger added, and that
-    holds nothing else now, is removed again. Raises TagError."""
+    holds nothing else now, is removed again. before_replace as for write_fields. Raises
+    TagError."""
     pairs = [tuple(kv) for kv in backup["fields"]]
 
     def change(f, table, state: TagState, temp: str) -> None:
@@ -342,7 +344,7 @@ def restore_fields(path: str, backup: dict) -> os.stat_result:
             return
         version = backup["id3_version"] if backup["id3_version"] in (3, 4) else None
         _save(f, table, temp, state, _target_version(state, version))
-    return _edit_tags(path, change)
+    return _edit_tags(path, change, before_replace)
 
 
 def _edit_tags(path: str, change: Callable, before_replace=lambda st: None) -> os.stat_result:

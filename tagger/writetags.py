@@ -85,17 +85,34 @@ def _stat(path: str) -> os.stat_result:
         raise TagError(exc.strerror or str(exc), path) from None
 
 
+def _version(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
+
+
+def _catch_up(index: Index, path: str, st: os.stat_result, known: tuple[int, int] | None) -> bool:
+    """True if the file is the version the index knows (`known`), or the one tagger wrote
+    after that (a write or restore killed between the rename and the index update), which
+    the index then moves on to."""
+    if _version(st) == known:
+        return True
+    if known is None or index.written_version(path) != _version(st):
+        return False
+    index.moved_on(path, known, _version(st))
+    return True
+
+
 def _check_current(index: Index, row: dict) -> os.stat_result:
-    """The file's stat if it is the version the index classified, or the one tagger wrote
-    after that (a write killed between the rename and the index update); else TagError."""
-    path = row["path"]
-    st = _stat(path)
-    known, now = (row["size"], row["mtime_ns"]), (st.st_size, st.st_mtime_ns)
-    if now != known:
-        if index.written_version(path) != now:
-            raise TagError(STALE, path)
-        index.moved_on(path, known, now)
+    """The file's stat if it is the version the index classified (or tagger's own after
+    that: see _catch_up); else TagError."""
+    st = _stat(row["path"])
+    if not _catch_up(index, row["path"], st, (row["size"], row["mtime_ns"])):
+        raise TagError(STALE, row["path"])
     return st
+
+
+def _note_written(index: Index, path: str) -> Callable[[os.stat_result], None]:
+    """Records the new file's version just before it replaces the one at path."""
+    return lambda st: index.note_written(path, _version(st))
 
 
 def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
@@ -121,9 +138,8 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
             index.save_backup(path, state.backup())
             new = tags.write_fields(
                 path, state.planned(names, custom or ()), custom_too=opts.probabilities,
-                id3_version=opts.id3_version,
-                before_replace=lambda s: index.note_written(path, (s.st_size, s.st_mtime_ns)))
-            index.moved_on(path, (st.st_size, st.st_mtime_ns), (new.st_size, new.st_mtime_ns))
+                id3_version=opts.id3_version, before_replace=_note_written(index, path))
+            index.moved_on(path, _version(st), _version(new))
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)
     return Outcome(path, "written", state.genres, names)
@@ -131,9 +147,11 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
 
 def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) -> Outcome:
     """Put back a file's genre and TAGGER_ fields as they were before the first write-tags,
-    then forget the backup."""
+    then forget the backup. The index follows the file as write-tags makes it do."""
     try:
         st = _stat(path)
+        if not dry_run:
+            _catch_up(index, path, st, index.file_version(path))
         state = tags.read(path)
         old = [v for k, v in backup["fields"] if k.upper() == state.table.genre_key.upper()]
         if tags.is_restored(state, backup):
@@ -143,8 +161,8 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
         if tags.read_only(path):
             raise TagError("read-only; left unchanged", path)
         if not dry_run:
-            new = tags.restore_fields(path, backup)
-            index.moved_on(path, (st.st_size, st.st_mtime_ns), (new.st_size, new.st_mtime_ns))
+            new = tags.restore_fields(path, backup, before_replace=_note_written(index, path))
+            index.moved_on(path, _version(st), _version(new))
             index.drop_backup(path)
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)

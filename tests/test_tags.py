@@ -401,6 +401,38 @@ def test_a_write_killed_before_the_index_heard_of_it_is_not_stale(lib, db):
     assert genres_of(lib / "plain.flac") == []
 
 
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs."""
+
+
+def _killed(*args):
+    raise Killed
+
+
+@pytest.mark.parametrize("killed,after", [("restore-tags", []), ("restore-tags", ["restore-tags"]),
+                                          ("write-tags", ["restore-tags"])])
+def test_a_command_killed_before_the_index_heard_of_it_leaves_nothing_stale(lib, db, monkeypatch,
+                                                                           killed, after):
+    """The same window in restore-tags, or in write-tags followed by restore-tags: the index
+    catches up with the file tagger wrote, and a later write-tags does not call it changed."""
+    path = lib / "plain.flac"
+    if killed == "restore-tags":
+        run("write-tags", path, "--db", db)
+    with monkeypatch.context() as patch:
+        patch.setattr(Index, "moved_on", _killed)        # the first thing after the rename
+        with pytest.raises(Killed):
+            run(killed, path, "--db", db)
+    for command in after:
+        run(command, "--db", db)
+    assert genres_of(path) == []
+    result = run("write-tags", path, "--db", db)
+    assert "Wrote genres to 1 files: 0 unchanged, 0 below 50% confidence, 0 skipped." in result.stdout
+    run("restore-tags", "--db", db)
+    assert genres_of(path) == []
+    with Index(db) as index:
+        assert index.file_version(str(path)) == (path.stat().st_size, path.stat().st_mtime_ns)
+
+
 def test_leftover_temp_files_are_hidden_ignored_and_cleaned(lib, db):
     leftover = lib / f"{tags.TEMP_PREFIX}abc123{tags.TEMP_SUFFIX}"
     shutil.copyfile(lib / "plain.mp3", leftover)

@@ -373,7 +373,7 @@ def evaluate(
     report: Annotated[Optional[Path], typer.Option(
         "--report", show_default=False,
         help="Where the report goes (PATH.report.json, PATH.confusion.png). "
-             "\\[default: beside the model, else the current folder]")] = None,
+             "\\[default: beside --model, else the current folder]")] = None,
 ) -> None:
     """Score a model on a split of a GTZAN-style folder, beside the MFCC baseline.
 
@@ -381,6 +381,8 @@ def evaluate(
     """
     from tagger.evaluate import evaluate_model
     model_path, _ = resolve_model(model)
+    if report is None and model is None:            # never write into the installed package
+        report = Path.cwd() / f"default.{split}"
     progress = Progress(SpinnerColumn(), TextColumn("Reading clips"), BarColumn(), MofNCompleteColumn(),
                         console=err, disable=not err.is_terminal)
     task = progress.add_task("read", total=None)

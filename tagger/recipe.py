@@ -13,7 +13,8 @@ CACHE_ENV_VAR = "TAGGER_CACHE"
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 60                # upper bound; early stopping usually ends sooner
-    patience: int = 20              # epochs without a better validation accuracy
+    patience: int = 20              # epochs without a better validation accuracy ...
+    min_epochs: int = 30            # ... counted, and the best epoch chosen, from here on
     batch_size: int = 16            # crops per step
     crops_per_clip: int = 8         # crops drawn from each training clip per epoch
     crop_segments: int = 6          # consecutive segments per crop (about 5.7 s)

@@ -7,7 +7,9 @@
    gain, SpecAugment-style frequency and time masks, mixup), and takes AdamW steps with
    class-balanced cross-entropy, a warm-up and a cosine schedule; after each epoch the
    validation clips are classified whole (as `scan` does) and training stops when the
-   validation track accuracy has not improved for `patience` epochs;
+   validation track accuracy has not improved for `patience` epochs (counted, and the best
+   epoch chosen, from `min_epochs` on: early epochs at a high learning rate give lucky
+   spikes on a small validation set);
 4. the best epoch's weights become the checkpoint; the report compares them with the MFCC
    baseline on the same split.
 
@@ -212,12 +214,13 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
         state.epoch += 1
         state.seconds += row["seconds"]
         state.history.append(row)
-        improved = (row["valid_accuracy"], -row["valid_loss"]) > (state.best["accuracy"], -state.best["loss"])
+        improved = (state.epoch >= min(ts.min_epochs, ts.epochs) and (row["valid_accuracy"], -row["valid_loss"])
+                    > (state.best["accuracy"], -state.best["loss"]))
         if improved:
             state.best = {"epoch": row["epoch"], "accuracy": row["valid_accuracy"], "loss": row["valid_loss"]}
             state.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             state.stale = 0
-        else:
+        elif state.epoch >= ts.min_epochs:
             state.stale += 1
         save_state({"model": net.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "epoch": state.epoch, "history": state.history,

@@ -267,14 +267,16 @@ class TrainReporter:
         self._bar(f"Training ({escape(split.name)})", epochs, start_epoch)
 
     def epoch(self, row, improved) -> None:
+        valid = (f"  valid loss {row['valid_loss']:.3f}  accuracy {row['valid_accuracy']:.3f}  macro F1 "
+                 f"{row['valid_macro_f1']:.3f}" if row["valid_loss"] is not None else "")
         self.progress.console.print(
-            f"  epoch {row['epoch']:3d}  loss {row['train_loss']:.3f}  valid loss "
-            f"{row['valid_loss']:.3f}  accuracy {row['valid_accuracy']:.3f}  macro F1 "
-            f"{row['valid_macro_f1']:.3f}  {row['seconds']:.1f} s" + ("  [green]best[/green]" if improved else ""),
-            highlight=False)
+            f"  epoch {row['epoch']:3d}  loss {row['train_loss']:.3f}{valid}  {row['seconds']:.1f} s"
+            + ("  [green]best[/green]" if improved and valid else ""), highlight=False)
         self.progress.update(self.task, completed=row["epoch"])
 
     def run_end(self, r) -> None:
+        if not r["evaluated_on"]:
+            return
         m, b = r["model"], r["baseline"]
         self.progress.console.print(
             f"{escape(r['split'])}, {r['evaluated_on']} ({m['tracks']} clips): accuracy "
@@ -292,8 +294,9 @@ def train(
     data_dir: Annotated[Path, typer.Argument(help="GTZAN-style folder: genre folders, or genre-prefixed file names.",
                                              show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="The checkpoint to write; the report and figures go beside it.")] = Path("model.pt"),
-    split: Annotated[str, typer.Option("--split", metavar="filtered|random|'folds K'",
+    split: Annotated[str, typer.Option("--split", metavar="filtered|random|all|'folds K'",
                      help="filtered: the artist-filtered GTZAN lists; random: stratified 60/20/20 by track; "
+                          "all: every clip trains, --epochs exactly, nothing held out; "
                           "'folds K': K-fold cross-validation (report only, no checkpoint).")] = "filtered",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="At most this many epochs (early stopping may end sooner).")] = TrainSettings.epochs,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the split, initial weights, crops and augmentation.")] = 0,
@@ -350,13 +353,18 @@ def print_training_summary(report: dict, checkpoint: Path) -> None:
                      f"MFCC baseline {base['mean']:.3f} ± {base['std']:.3f}.")
     else:
         r = runs[0]
-        lines.append(f"Track accuracy on {r['evaluated_on']}: {r['model']['accuracy']:.3f} "
-                     f"(baseline {r['baseline']['accuracy']:.3f}, {r['margin']['accuracy']:+.3f}); "
-                     f"macro F1 {r['model']['macro_f1']:.3f} (baseline {r['baseline']['macro_f1']:.3f}).")
+        if not r["evaluated_on"]:
+            lines.append("Nothing was held out (--split all): measure this recipe with --split filtered "
+                         "or 'folds K'.")
+        else:
+            lines.append(f"Track accuracy on {r['evaluated_on']}: {r['model']['accuracy']:.3f} "
+                         f"(baseline {r['baseline']['accuracy']:.3f}, {r['margin']['accuracy']:+.3f}); "
+                         f"macro F1 {r['model']['macro_f1']:.3f} (baseline {r['baseline']['macro_f1']:.3f}).")
         lines.append(f"Checkpoint: {output.display(str(checkpoint))} (model id {report['model_id']})")
     stem = checkpoint.name[: -len(checkpoint.suffix)] if checkpoint.suffix else checkpoint.name
-    lines.append(f"Report and figures: {output.display(str(checkpoint.with_name(stem)))}.report.json, "
-                 ".confusion.png, .curves.png")
+    held_out = "cross_validation" in report or runs[0]["evaluated_on"]
+    figures = ".confusion.png, .curves.png" if held_out else ".curves.png"
+    lines.append(f"Report and figures: {output.display(str(checkpoint.with_name(stem)))}.report.json, {figures}")
     for line in lines:
         out.print(line, highlight=False, markup=False)
 

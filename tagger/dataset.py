@@ -171,10 +171,10 @@ def fold_splits(clips: list[Clip], k: int, seed: int) -> list[Split]:
 
 
 def parse_split(text: str) -> tuple[str, int]:
-    """'filtered', 'random', 'folds', 'folds 5', 'folds=5' -> (kind, K)."""
-    m = re.fullmatch(r"\s*(filtered|random|folds)(?:\s*[\s:=]\s*(\d+))?\s*", text.lower())
+    """'filtered', 'random', 'all', 'folds', 'folds 5', 'folds=5' -> (kind, K)."""
+    m = re.fullmatch(r"\s*(filtered|random|all|folds)(?:\s*[\s:=]\s*(\d+))?\s*", text.lower())
     if not m or (m.group(2) and m.group(1) != "folds"):
-        raise UserError(f"unknown split {text!r}; use filtered, random, or 'folds K'")
+        raise UserError(f"unknown split {text!r}; use filtered, random, all, or 'folds K'")
     return m.group(1), int(m.group(2) or 5)
 
 
@@ -183,6 +183,8 @@ def make_splits(clips: list[Clip], kind: str, k: int, seed: int) -> list[Split]:
         return [filtered_split(clips)]
     if kind == "random":
         return [random_split(clips, seed)]
+    if kind == "all":           # train on everything, nothing held out
+        return [Split("all", {"train": list(clips), "valid": [], "test": []})]
     return fold_splits(clips, k, seed)
 
 

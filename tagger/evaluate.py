@@ -99,6 +99,9 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
     seed = int(ckpt.provenance.get("seed", 0))
     split = make_splits(clips, kind, k, seed)[0]
     evaluated = clips if part == "all" else split.parts[part]
+    if not evaluated and kind == "all":
+        raise UserError("this model was trained on every clip (--split all), so nothing is held "
+                        "out; --split all scores it on its own training clips")
     if not evaluated:
         raise UserError(f"{data_dir}: none of its clips is in the {part} part of the {split.name} split")
     genres = list(ckpt.genres)

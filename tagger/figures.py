@@ -49,14 +49,16 @@ def curves_png(histories: Sequence[Sequence[dict]], labels: Sequence[str], path:
     for history, label, colour in zip(histories, labels, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9):
         epochs = [h["epoch"] for h in history]
         loss_ax.plot(epochs, [h["train_loss"] for h in history], color=colour, label=f"{label} train")
-        loss_ax.plot(epochs, [h["valid_loss"] for h in history], color=colour, linestyle="--",
-                     label=f"{label} valid")
-        acc_ax.plot(epochs, [h["valid_accuracy"] for h in history], color=colour, label=label)
+        if history and history[0]["valid_loss"] is not None:        # --split all has none
+            loss_ax.plot(epochs, [h["valid_loss"] for h in history], color=colour, linestyle="--",
+                         label=f"{label} valid")
+            acc_ax.plot(epochs, [h["valid_accuracy"] for h in history], color=colour, label=label)
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss (train solid, valid dashed)")
     acc_ax.set(xlabel="epoch", ylabel="track accuracy", title="validation accuracy", ylim=(0, 1))
     if len(labels) <= 5:
         loss_ax.legend(fontsize=7)
-        acc_ax.legend(fontsize=7)
+        if acc_ax.lines:
+            acc_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

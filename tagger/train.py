@@ -205,19 +205,26 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
             total_loss += loss.item() * len(idx)
             seen += len(idx)
 
-        probs = predict(net, valid_mels, fs, device)
-        metrics = score(probs, valid_clips, genres)
         row = {"epoch": state.epoch + 1, "train_loss": total_loss / max(seen, 1),
-               "valid_loss": nll(probs, valid_clips, genres), "valid_accuracy": metrics["accuracy"],
-               "valid_macro_f1": metrics["macro_f1"], "lr": opt.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - started}
+               "valid_loss": None, "valid_accuracy": None, "valid_macro_f1": None,
+               "lr": opt.param_groups[0]["lr"]}
+        if valid_clips:
+            probs = predict(net, valid_mels, fs, device)
+            metrics = score(probs, valid_clips, genres)
+            row |= {"valid_loss": nll(probs, valid_clips, genres), "valid_accuracy": metrics["accuracy"],
+                    "valid_macro_f1": metrics["macro_f1"]}
+        row["seconds"] = time.perf_counter() - started
         state.epoch += 1
         state.seconds += row["seconds"]
         state.history.append(row)
-        improved = (state.epoch >= min(ts.min_epochs, ts.epochs) and (row["valid_accuracy"], -row["valid_loss"])
-                    > (state.best["accuracy"], -state.best["loss"]))
+        if not valid_clips:         # --split all: nothing to stop on; the last epoch is kept
+            improved = state.epoch == ts.epochs
+        else:
+            improved = (state.epoch >= min(ts.min_epochs, ts.epochs) and (row["valid_accuracy"], -row["valid_loss"])
+                        > (state.best["accuracy"], -state.best["loss"]))
         if improved:
-            state.best = {"epoch": row["epoch"], "accuracy": row["valid_accuracy"], "loss": row["valid_loss"]}
+            state.best = {"epoch": row["epoch"], "accuracy": row["valid_accuracy"] or 0.0,
+                          "loss": row["valid_loss"] or 0.0}
             state.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             state.stale = 0
         elif state.epoch >= ts.min_epochs:
@@ -293,7 +300,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
     mels = {c.path: m for c, m in zip(clips, mels_list)}
     splits = make_splits(clips, split, folds, ts.seed)
     for s in splits:
-        for part in ("train", "valid"):
+        for part in ("train", "valid") if split != "all" else ("train",):
             if len(s.parts[part]) < 2:
                 raise UserError(f"split {s.name}: only {len(s.parts[part])} {part} clips; "
                                 "a run needs at least two (try --split random, or more data)")
@@ -326,17 +333,19 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
         reporter.run_start(i, len(splits), s, ts.epochs, saved["epoch"] if saved else 0)
         net, state = train_run(s, mels, fs, ms, ts, dev, i, reporter, saved, save_state)
         saved = None
-        part = "test" if s.test else "valid"
-        evaluated = [c for c in s.parts[part]]
-        probs = predict(net, [mels[c.path] for c in evaluated], fs, torch.device("cpu"))
-        model_metrics = score(probs, evaluated, genres)
-        base = baseline_score((s.train, [mels[c.path] for c in s.train]),
-                              (evaluated, [mels[c.path] for c in evaluated]), genres, ts.seed)
+        part = "test" if s.test else "valid" if s.valid else None
         result = {"split": s.name, "parts": s.counts(), "evaluated_on": part,
-                  "train_genres": genre_counts(s.train), "evaluated_genres": genre_counts(evaluated),
-                  "model": model_metrics, "baseline": base, "margin": margin(model_metrics, base),
-                  "best_epoch": state.best["epoch"], "epochs_run": state.epoch,
-                  "seconds_per_epoch": state.seconds / max(state.epoch, 1), "history": state.history}
+                  "train_genres": genre_counts(s.train), "best_epoch": state.best["epoch"],
+                  "epochs_run": state.epoch, "seconds_per_epoch": state.seconds / max(state.epoch, 1),
+                  "history": state.history}
+        if part:
+            evaluated = s.parts[part]
+            probs = predict(net, [mels[c.path] for c in evaluated], fs, torch.device("cpu"))
+            model_metrics = score(probs, evaluated, genres)
+            base = baseline_score((s.train, [mels[c.path] for c in s.train]),
+                                  (evaluated, [mels[c.path] for c in evaluated]), genres, ts.seed)
+            result |= {"evaluated_genres": genre_counts(evaluated), "model": model_metrics,
+                       "baseline": base, "margin": margin(model_metrics, base)}
         if s.missing:
             result["missing_from_lists"] = s.missing
             result["unlisted_clips"] = s.unlisted
@@ -353,11 +362,12 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
         run = done_runs[0]
         final_net = GenreCRNN(ms)
         final_net.load_state_dict(final_state)
-        ckpt = new_checkpoint(final_net, fs, tuple(genres), metrics={
-            k: run[k] for k in ("split", "evaluated_on", "best_epoch", "epochs_run", "margin")} | {
-            "accuracy": run["model"]["accuracy"], "macro_f1": run["model"]["macro_f1"],
-            "baseline_accuracy": run["baseline"]["accuracy"],
-            "baseline_macro_f1": run["baseline"]["macro_f1"]},
+        metrics = {k: run[k] for k in ("split", "evaluated_on", "best_epoch", "epochs_run")}
+        if run["evaluated_on"]:
+            metrics |= {"accuracy": run["model"]["accuracy"], "macro_f1": run["model"]["macro_f1"],
+                        "baseline_accuracy": run["baseline"]["accuracy"],
+                        "baseline_macro_f1": run["baseline"]["macro_f1"], "margin": run["margin"]}
+        ckpt = new_checkpoint(final_net, fs, tuple(genres), metrics=metrics,
             provenance=report["provenance"])
         report["model_id"] = save(ckpt, out)
         report["checkpoint"] = str(out)
@@ -408,10 +418,13 @@ def _figures(report: dict, paths: dict[str, Path]) -> None:
         cv = report["cross_validation"]
         matrix, title = cv["pooled"]["confusion"], (
             f"{report['split']}: test folds pooled, accuracy {cv['pooled']['accuracy']:.3f}")
-    else:
+    elif runs[0]["evaluated_on"]:
         run = runs[0]
         matrix, title = run["model"]["confusion"], (
             f"{run['split']} split, {run['evaluated_on']}: accuracy {run['model']['accuracy']:.3f}, "
             f"macro F1 {run['model']['macro_f1']:.3f}")
-    confusion_png(*present_only(matrix, GENRES), title, paths["confusion.png"])
+    else:
+        matrix = None                       # --split all: nothing held out
+    if matrix is not None:
+        confusion_png(*present_only(matrix, GENRES), title, paths["confusion.png"])
     curves_png([r["history"] for r in runs], [r["split"] for r in runs], paths["curves.png"])

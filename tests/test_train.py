@@ -106,6 +106,7 @@ def test_split_option_spellings():
     assert parse_split("folds 10") == ("folds", 10)
     assert parse_split("folds=3") == ("folds", 3)
     assert parse_split("Random") == ("random", 5)
+    assert parse_split("all") == ("all", 5)
     with pytest.raises(UserError):
         parse_split("random 3")
     with pytest.raises(UserError):
@@ -231,6 +232,20 @@ def test_cross_validation_reports_the_spread_and_writes_no_checkpoint(tiny, tmp_
     assert len(cv["accuracy"]["values"]) == 3 and cv["accuracy"]["std"] >= 0
     assert cv["pooled"]["tracks"] == 45                               # every clip tested once
     assert not out.exists() and out.with_name("cv.report.json").exists()
+
+
+def test_split_all_trains_on_every_clip_for_exactly_the_epochs_given(tiny, tmp_path):
+    out = tmp_path / "all.pt"
+    report = train(tiny, out, "all", ts=TrainSettings(epochs=2, crops_per_clip=1, batch_size=8),
+                   ms=SMALL, device="cpu")
+    run = report["runs"][0]
+    assert run["parts"] == {"train": 45, "valid": 0, "test": 0} and run["evaluated_on"] is None
+    assert run["epochs_run"] == run["best_epoch"] == 2 and "model" not in run
+    ckpt = load(out)
+    assert ckpt.provenance["split"] == "all" and "accuracy" not in ckpt.metrics
+    assert out.with_name("all.curves.png").exists() and not out.with_name("all.confusion.png").exists()
+    result = CliRunner().invoke(app, ["evaluate", str(tiny), "--model", str(out)])
+    assert result.exit_code == 1 and "nothing is held out" in result.output
 
 
 class StopAfter(Reporter):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import mutagen
 from mutagen.aiff import AIFF
 from mutagen.flac import FLAC
-from mutagen.id3 import ID3, TCON, TXXX, delete as delete_id3
+from mutagen.id3 import TCON, TXXX, delete as delete_id3
 from mutagen.id3._id3v1 import find_id3v1   # mutagen has no public way to keep v1 bytes
 from mutagen.id3._tags import ID3Tags
 from mutagen.mp3 import MP3

@@ -326,7 +326,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
         if i < len(done_runs):
             continue
 
-        def save_state(current: dict, i=i) -> None:
+        def save_state(current: dict) -> None:
             _atomic_torch_save({"format": STATE_FORMAT, "key": key, "done_runs": done_runs,
                                 "current": current, "final": None}, state_file)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import SMALL, TINY_GENRES, make_checkpoint, make_tiny_gtzan, write_track
+from conftest import SMALL, TINY_GENRES, make_tiny_gtzan, write_track
 from tagger.checkpoint import load
 from tagger.classify import Classifier
 from tagger.cli import app

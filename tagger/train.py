@@ -227,7 +227,7 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
                           "loss": row["valid_loss"] or 0.0}
             state.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             state.stale = 0
-        elif state.epoch >= ts.min_epochs:
+        elif valid_clips and state.epoch >= ts.min_epochs:
             state.stale += 1
         save_state({"model": net.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "epoch": state.epoch, "history": state.history,

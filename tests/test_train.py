@@ -236,11 +236,11 @@ def test_cross_validation_reports_the_spread_and_writes_no_checkpoint(tiny, tmp_
 
 def test_split_all_trains_on_every_clip_for_exactly_the_epochs_given(tiny, tmp_path):
     out = tmp_path / "all.pt"
-    report = train(tiny, out, "all", ts=TrainSettings(epochs=2, crops_per_clip=1, batch_size=8),
-                   ms=SMALL, device="cpu")
+    settings = TrainSettings(epochs=4, patience=1, min_epochs=1, crops_per_clip=1, batch_size=8)
+    report = train(tiny, out, "all", ts=settings, ms=SMALL, device="cpu")
     run = report["runs"][0]
     assert run["parts"] == {"train": 45, "valid": 0, "test": 0} and run["evaluated_on"] is None
-    assert run["epochs_run"] == run["best_epoch"] == 2 and "model" not in run
+    assert run["epochs_run"] == run["best_epoch"] == 4 and "model" not in run   # no early stop
     ckpt = load(out)
     assert ckpt.provenance["split"] == "all" and "accuracy" not in ckpt.metrics
     assert out.with_name("all.curves.png").exists() and not out.with_name("all.confusion.png").exists()

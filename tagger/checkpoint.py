@@ -11,15 +11,14 @@ The model id is the first 12 hex digits of the file's SHA-256.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tagger.atomic import atomic_file
 from tagger.errors import CheckpointError
 from tagger.features import FeatureSettings
 from tagger.genres import GENRES
@@ -70,16 +69,8 @@ def save(ckpt: Checkpoint, path: str | Path) -> str:
         "state_dict": ckpt.state_dict,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        torch.save(payload, f)
     ckpt.model_id = file_model_id(path)
     return ckpt.model_id
 

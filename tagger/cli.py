@@ -299,7 +299,8 @@ def train(
                           "all: every clip trains, --epochs exactly, nothing held out; "
                           "'folds K': K-fold cross-validation (report only, no checkpoint).")] = "filtered",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="At most this many epochs (early stopping may end sooner).")] = TrainSettings.epochs,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, initial weights, crops and augmentation.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1,
+                    help="Seed for the split, initial weights, crops and augmentation.")] = 0,
     device: DeviceOption = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")] = False,
     cache: CacheOption = None,

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tagger.atomic import atomic_file
 from tagger.crawl import crawl
 from tagger.decode import decode_excerpts
 from tagger.errors import DecodeError, UserError
@@ -65,7 +65,7 @@ def find_clips(data_dir: Path) -> Found:
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: not a folder (expected genre folders such as blues/, jazz/)")
     found = Found([])
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     root = Path(os.path.abspath(data_dir))
     for cand in crawl([root]):
         path = Path(cand.path)
@@ -73,10 +73,10 @@ def find_clips(data_dir: Path) -> Found:
         name = path.name.rsplit(".", 1)[0].lower()
         if genre is None:
             found.unlabelled.append(cand.path)
-        elif name in seen:
+        elif (genre, name) in seen:             # one clip in two formats
             found.duplicates.append(cand.path)
         else:
-            seen.add(name)
+            seen.add((genre, name))
             found.clips.append(Clip(name, genre, cand.path))
     found.clips.sort(key=lambda c: (GENRES.index(c.genre), c.name))
     return found
@@ -233,9 +233,10 @@ class FeatureCache:
         try:
             with np.load(entry, allow_pickle=False) as data:
                 mels = [torch.from_numpy(data[f"w{i}"]) for i in range(len(data.files))]
-            self.hits += 1
-            return mels
-        except (OSError, ValueError, KeyError):
+            if mels:
+                self.hits += 1
+                return mels
+        except Exception:   # noqa: BLE001 - missing, truncated or damaged: compute it again
             pass
         mels = self.compute(path)
         self.misses += 1
@@ -248,14 +249,8 @@ class FeatureCache:
 
     def _save(self, entry: Path, mels: list[torch.Tensor]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npz", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **{f"w{i}": m.numpy() for i, m in enumerate(mels)})
-            os.replace(tmp, entry)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(entry) as f:
+            np.savez(f, **{f"w{i}": m.numpy() for i, m in enumerate(mels)})
 
 
 def load_features(clips: list[Clip], cache: FeatureCache,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tagger.atomic import atomic_file
 from tagger.baseline import baseline_probabilities
 from tagger.classify import track_probabilities
 from tagger.dataset import Clip, genre_counts
@@ -86,6 +87,11 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
     if part not in (*PARTS, "all"):
         raise UserError(f"unknown part {part!r}; choose one of {', '.join((*PARTS, 'all'))}")
     ckpt = load(model_path)
+    if report_base is None:
+        folder = model_path.parent if os.access(model_path.parent, os.W_OK) else Path.cwd()
+        stem = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
+        report_base = folder / f"{stem}.{part}"
+    writable_folder(report_base.parent, "the report")
     dev = pick_device(device)
     found = find_clips(data_dir)
     usable = [c for c in found.clips if c.genre in ckpt.genres]
@@ -98,6 +104,9 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
                         "use --split all")
     seed = int(ckpt.provenance.get("seed", 0))
     split = make_splits(clips, kind, k, seed)[0]
+    recorded = ckpt.provenance.get("parts")     # the clip names of each part, as trained
+    if isinstance(recorded, dict):              # (a random split depends on the clips present)
+        split.parts = {p: [c for c in clips if c.name in set(recorded.get(p, []))] for p in PARTS}
     evaluated = clips if part == "all" else split.parts[part]
     if not evaluated and kind == "all":
         raise UserError("this model was trained on every clip (--split all), so nothing is held "
@@ -116,10 +125,6 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
                               (evaluated, [mels[c.path] for c in evaluated]), genres, seed)
         report["baseline"] = base
         report["margin"] = margin(report["metrics"], base)
-    if report_base is None:
-        folder = model_path.parent if os.access(model_path.parent, os.W_OK) else Path.cwd()
-        stem = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
-        report_base = folder / f"{stem}.{part}"
     paths = report_paths(report_base)
     write_json(report, paths["report.json"])
     from tagger.figures import confusion_png
@@ -138,14 +143,17 @@ def present_only(matrix: Sequence[Sequence[int]], genres: Sequence[str]) -> tupl
 
 
 def write_json(data: dict, path: Path) -> None:
-    """Atomically (temp file + rename), so that a report is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Atomically, so that a report is whole or absent."""
+    with atomic_file(path, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+
+
+def writable_folder(folder: Path, what: str) -> None:
+    """Create `folder` if needed and prove it takes a file, before any long work starts."""
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot write {what} there ({exc.strerror or exc})") from None

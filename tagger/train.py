@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,13 +35,14 @@ import torch
 import torch.nn.functional as F
 
 from tagger import __version__
+from tagger.atomic import atomic_file
 from tagger.checkpoint import new_checkpoint, save
 from tagger.classify import pick_device
 from tagger.dataset import (Clip, FeatureCache, Found, Split, find_clips, genre_counts, load_features,
                             make_splits)
 from tagger.errors import UserError
 from tagger.evaluate import (baseline_score, labels, margin, nll, predict, present_only, report_paths,
-                             score, write_json)
+                             score, writable_folder, write_json)
 from tagger.features import FeatureSettings
 from tagger.genres import GENRES
 from tagger.metrics import spread, summarise
@@ -243,14 +243,8 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
 # --- the whole job ------------------------------------------------------------------------------
 
 def _atomic_torch_save(payload: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        torch.save(payload, f)
 
 
 def resume_path(out: Path) -> Path:
@@ -279,9 +273,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{out}: is a folder; --out takes the checkpoint's file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"{out.parent}: cannot write there; choose another --out")
+    writable_folder(out.parent, "the checkpoint")
 
     cache = FeatureCache(cache_dir or default_cache_dir(), fs)
     failed: dict[str, str] = {}
@@ -299,6 +291,10 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
         reporter.note(f"Could not write the feature cache ({cache.write_error}); going on without it.")
     mels = {c.path: m for c, m in zip(clips, mels_list)}
     splits = make_splits(clips, split, folds, ts.seed)
+    genres_seen = sorted({c.genre for c in clips})
+    if len(genres_seen) < 2:
+        raise UserError(f"{data_dir}: only one genre ({', '.join(genres_seen) or 'none'}) among the "
+                        "clips; a genre model needs at least two")
     for s in splits:
         for part in ("train", "valid") if split != "all" else ("train",):
             if len(s.parts[part]) < 2:
@@ -397,6 +393,8 @@ def _report(data_dir, found, failed, splits, split_kind, runs, ts, fs, ms, dev, 
         "device": str(dev), "platform": platform.platform(), "train_seconds": round(seconds, 1),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if len(splits) == 1:                    # lets `evaluate` score exactly these parts again
+        report["provenance"]["parts"] = {p: [c.name for c in clips_] for p, clips_ in splits[0].parts.items()}
     if len(runs) > 1:
         pooled = np.sum([r["model"]["confusion"] for r in runs], axis=0)
         pooled_base = np.sum([r["baseline"]["confusion"] for r in runs], axis=0)

@@ -4,6 +4,9 @@ feature cache, metrics, the whole train -> checkpoint -> evaluate/scan path, and
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -220,8 +223,53 @@ def test_train_command_end_to_end(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     assert "split: random" in result.output and "Checkpoint:" in result.output
     assert "Clips of the split lists" not in result.output        # only the filtered split has lists
-    assert load(out).provenance["split"] == "random"
+    provenance = load(out).provenance
+    assert provenance["split"] == "random"
     assert out.with_name("m.report.json").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (out, out.with_name("m.report.json")):       # readable as a plain open() makes them
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask
+
+    # one more clip in the folder would reshuffle a random split: evaluate scores the parts
+    # the model was trained with, never its own training clips
+    data = tmp_path / "more"
+    shutil.copytree(tiny, data)
+    write_track(data / "blues" / "blues.00099.wav", seconds=4.0, kind="tone", freq=300.0)
+    result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(out), "--split", "test",
+                                      "--report", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "again.report.json").read_text())
+    assert saved["metrics"]["tracks"] == len(provenance["parts"]["test"])
+
+
+def test_unusable_outputs_and_data_are_one_line_errors(tiny, tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(app, ["train", str(tiny), "--out", str(tmp_path / "afile" / "m.pt")])
+    assert result.exit_code == 1 and result.output.startswith("Error:") and "cannot write" in result.output
+    one_genre = tmp_path / "one"
+    shutil.copytree(tiny / "blues", one_genre / "blues")
+    result = CliRunner().invoke(app, ["train", str(one_genre), "--out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 1 and "only one genre (blues)" in result.output
+    result = CliRunner().invoke(app, ["train", str(tiny), "--seed", "-1"])
+    assert result.exit_code == 2
+
+
+def test_same_names_in_two_genre_folders_are_two_clips(tmp_path):
+    write_track(tmp_path / "rock" / "track01.wav", seconds=1.0)
+    write_track(tmp_path / "jazz" / "track01.wav", seconds=1.0)
+    found = find_clips(tmp_path)
+    assert sorted(c.genre for c in found.clips) == ["jazz", "rock"] and not found.duplicates
+
+
+def test_a_damaged_cache_entry_is_computed_again(tmp_path):
+    track = write_track(tmp_path / "a.wav", seconds=2.0)
+    cache = FeatureCache(tmp_path / "cache", FeatureSettings())
+    first = cache.get(str(track))
+    entry, = (tmp_path / "cache").rglob("*.npz")
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    again = cache.get(str(track))
+    assert cache.misses == 2 and torch.equal(first[0], again[0])
 
 
 def test_cross_validation_reports_the_spread_and_writes_no_checkpoint(tiny, tmp_path):
@@ -289,7 +337,6 @@ def test_bad_data_folders_give_one_line_errors(tmp_path):
 
 
 def test_unreadable_clips_are_reported_and_training_goes_on(tiny, tmp_path):
-    import shutil
     data = tmp_path / "genres"
     shutil.copytree(tiny, data)
     (data / "blues" / "blues.00000.wav").write_bytes(b"RIFF\x00\x00not really a wav")

@@ -310,7 +310,9 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
             payload = torch.load(state_file, map_location="cpu", weights_only=True)
         except Exception:
             raise UserError(f"{state_file}: unreadable training state; delete it and start again") from None
-        if payload.get("format") != STATE_FORMAT or payload.get("key") != key:
+        if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+            raise UserError(f"{state_file}: not a tagger training state; delete it and start again")
+        if payload.get("key") != key:
             raise UserError(f"{state_file}: saved by a run with other data, split or settings; "
                             "delete it or run without --resume")
         done_runs, saved, final_state = payload["done_runs"], payload["current"], payload["final"]

@@ -66,7 +66,8 @@ DeviceOption = Annotated[Device, typer.Option("--device", help="Where the model 
 
 
 def cli_errors(command):
-    """Turn the project's own exceptions into one 'Error: ...' line and exit code 1."""
+    """Turn the project's own exceptions into one 'Error: ...' line and exit code 1, and an
+    immediate stop (a second Ctrl-C) into exit code 130."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -74,6 +75,9 @@ def cli_errors(command):
         except TaggerError as exc:
             err.print(f"[red]Error:[/red] {escape(output.display(str(exc)))}", highlight=False)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:           # a second Ctrl-C: stopped at once, as 130 says
+            err.print("Stopped.")
+            raise typer.Exit(130) from None
     return wrapper
 
 

@@ -103,3 +103,17 @@ def test_second_scan_on_the_same_index_is_refused(big_library, model_path, tmp_p
         proc.terminate()
         proc.communicate(timeout=120)
     check_consistent(db)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_with_130_and_a_consistent_index(big_library, model_path, tmp_path):
+    db = tmp_path / "index.db"
+    proc = start_scan(big_library, db, model_path)
+    wait_for_rows(db, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)                          # two signals sent at once arrive as one
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Stopped." in err and "Traceback" not in err
+    assert check_consistent(db) < N_TRACKS

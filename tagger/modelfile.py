@@ -23,7 +23,8 @@ def file_model_id(path: str | Path) -> str:
 
 
 def default_model_path() -> Path | None:
-    """The model shipped inside the package, or None while there is none."""
+    """The model shipped inside the package (models/default.pt in a source checkout, which
+    tagger/data/default.pt links to), or None if an installation lost it."""
     candidate = resources.files("tagger") / "data" / DEFAULT_MODEL_NAME
     return Path(str(candidate)) if candidate.is_file() else None
 
@@ -32,8 +33,9 @@ def resolve_model(option: Path | None) -> tuple[Path, str]:
     """(checkpoint path, model id) for a --model option, falling back to the shipped model."""
     path = option or default_model_path()
     if path is None:
-        raise UserError("no default model ships with this version of tagger yet; pass "
-                        f"--model PATH (or set {ENV_VAR}) to a tagger checkpoint file")
+        raise UserError("the default model is missing from this installation (tagger/data/"
+                        f"{DEFAULT_MODEL_NAME}); reinstall tagger, or pass --model PATH (or set "
+                        f"{ENV_VAR}) to a tagger checkpoint file")
     try:
         return path, file_model_id(path)
     except IsADirectoryError:

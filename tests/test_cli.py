@@ -141,11 +141,29 @@ def test_user_errors_are_one_line_exit_1(library, model_path, tmp_path):
     run("scan", ok=2)
 
 
-def test_no_model_shipped_yet_is_a_clear_error(library, tmp_path):
+def test_the_shipped_model_is_used_without_model(library, tmp_path):
+    from tagger.checkpoint import load
+    from tagger.modelfile import default_model_path, file_model_id
+    shipped = default_model_path()
+    assert shipped is not None and shipped.stat().st_size < 5_000_000
+    assert shipped.read_bytes() == (Path(__file__).parents[1] / "models" / "default.pt").read_bytes()
+    ckpt = load(shipped)
+    assert ckpt.provenance["split"] == "all" and ckpt.provenance["clips"] == 202
+    card = (Path(__file__).parents[1] / "models" / "MODEL_CARD.md").read_text()
+    assert f"`{file_model_id(shipped)}`" in card          # the card describes this very file
+    db = tmp_path / "i.db"
+    run("scan", library, "--db", db, "--workers", "0")
+    rows = query_json(db)
+    assert len(rows) == 7 and {r["model_id"] for r in rows} == {file_model_id(shipped)}
+    shown = json.loads(run("show", library / "a" / "one.mp3", "--format", "json").stdout)
+    assert shown[0]["model_id"] == file_model_id(shipped)
+
+
+def test_a_lost_default_model_is_a_clear_error(library, tmp_path, monkeypatch):
+    monkeypatch.setattr("tagger.modelfile.default_model_path", lambda: None)
     result = run("scan", library, "--db", tmp_path / "i.db", ok=1)
-    assert result.stderr == ("Error: no default model ships with this version of tagger yet; "
-                             "pass --model PATH (or set TAGGER_MODEL) to a tagger checkpoint file\n")
-    assert run("show", library / "a" / "one.mp3", ok=1).stderr == result.stderr
+    assert result.stderr.startswith("Error: the default model is missing from this installation")
+    assert "--model PATH" in result.stderr and result.stderr.count("\n") == 1
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

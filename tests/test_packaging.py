@@ -1,0 +1,23 @@
+"""The wheel a user installs carries the default model and the split lists."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_default_model_and_the_split_lists(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True)
+    wheel, = tmp_path.glob("tagger-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        assert z.read("tagger/data/default.pt") == (ROOT / "models" / "default.pt").read_bytes()
+        for part in ("train", "valid", "test"):
+            assert z.read(f"tagger/data/splits/{part}_filtered.txt").count(b"\n") > 100

@@ -246,7 +246,6 @@ class TrainReporter:
                                  MofNCompleteColumn(), TimeRemainingColumn(), console=err,
                                  disable=not err.is_terminal)
         self.task = None
-        self.run = ""
 
     def _bar(self, description: str, total: int, completed: int = 0) -> None:
         if self.task is not None:
@@ -262,7 +261,6 @@ class TrainReporter:
         self.progress.update(self.task, completed=done)
 
     def run_start(self, index, runs, split, epochs, start_epoch) -> None:
-        self.run = split.name
         counts = split.counts()
         self.progress.console.print(
             f"[bold]{escape(split.name)}[/bold] split: {counts['train']} train, {counts['valid']} "

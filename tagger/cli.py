@@ -364,10 +364,9 @@ def print_training_summary(report: dict, checkpoint: Path) -> None:
                          f"(baseline {r['baseline']['accuracy']:.3f}, {r['margin']['accuracy']:+.3f}); "
                          f"macro F1 {r['model']['macro_f1']:.3f} (baseline {r['baseline']['macro_f1']:.3f}).")
         lines.append(f"Checkpoint: {output.display(str(checkpoint))} (model id {report['model_id']})")
-    stem = checkpoint.name[: -len(checkpoint.suffix)] if checkpoint.suffix else checkpoint.name
     held_out = "cross_validation" in report or runs[0]["evaluated_on"]
     figures = ".confusion.png, .curves.png" if held_out else ".curves.png"
-    lines.append(f"Report and figures: {output.display(str(checkpoint.with_name(stem)))}.report.json, {figures}")
+    lines.append(f"Report and figures: {output.display(str(checkpoint.with_name(checkpoint.stem)))}.report.json, {figures}")
     for line in lines:
         out.print(line, highlight=False, markup=False)
 

@@ -89,8 +89,7 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
     ckpt = load(model_path)
     if report_base is None:
         folder = model_path.parent if os.access(model_path.parent, os.W_OK) else Path.cwd()
-        stem = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
-        report_base = folder / f"{stem}.{part}"
+        report_base = folder / f"{model_path.stem}.{part}"
     writable_folder(report_base.parent, "the report")
     dev = pick_device(device)
     found = find_clips(data_dir)

@@ -355,7 +355,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
 
     report = _report(data_dir, found, failed, splits, split, done_runs, ts, fs, ms, dev,
                      time.perf_counter() - started)
-    paths = report_paths(out.with_name(out.name[: -len(out.suffix)] if out.suffix else out.name))
+    paths = report_paths(out.with_name(out.stem))
     if len(splits) == 1:
         run = done_runs[0]
         final_net = GenreCRNN(ms)

@@ -196,9 +196,6 @@ class TagState:
         mine = [kv for kv in self.fields if not _is_genre(self.table, kv[0])]
         return self.genres == want and (custom is None or sorted(mine) == sorted(custom))
 
-    def genre_values(self) -> list[str]:
-        return [v for k, v in self.fields if _is_genre(self.table, k)]
-
     def backup(self) -> dict:
         """The JSON-able undo record of this state."""
         return {"fields": [list(kv) for kv in self.fields], "tagged": self.tagged,

@@ -58,10 +58,12 @@ class TagStats:
             setattr(self, outcome.action, getattr(self, outcome.action) + 1)
 
 
+_SHORT = {STALE: "changed since the scan", VANISHED: "vanished", NOT_CLASSIFIED: NOT_CLASSIFIED}
+
+
 def _short(reason: str | None) -> str:
-    if reason in (STALE, VANISHED, NOT_CLASSIFIED):
-        return {STALE: "changed since the scan", VANISHED: "vanished",
-                NOT_CLASSIFIED: NOT_CLASSIFIED}[reason]
+    if reason in _SHORT:
+        return _SHORT[reason]
     return "read-only" if reason and reason.startswith("read-only") else "unreadable or unwritable"
 
 

@@ -87,6 +87,13 @@ def load_classifier(model: Path, device: Device):
     return Classifier(load(model), device.value)
 
 
+def existing_index(db: Path) -> Index:
+    """The index at db, for the commands that work from what a scan stored there."""
+    if not db.exists():
+        raise UserError(f"{db}: no index there yet; run `tagger scan FOLDER` first")
+    return Index(db)
+
+
 class StopRequest:
     """The first Ctrl-C (or SIGTERM) asks the scan to stop decoding and store what it has
     decoded; a second Ctrl-C stops at once (the open transaction is rolled back)."""
@@ -219,9 +226,7 @@ def query(
             raise UserError(f"unknown genre {genre!r}; choose one of {', '.join(GENRES)}")
     if min_confidence is not None and key is None:
         raise UserError("--min-confidence needs --genre")
-    if not db.exists():
-        raise UserError(f"{db}: no index there yet; run `tagger scan FOLDER` first")
-    with Index(db) as index:
+    with existing_index(db) as index:
         rows = index.tracks(genre=key, min_confidence=min_confidence, failed=failed, limit=limit)
         if fmt is ListFormat.json:
             output.write_json(rows)
@@ -503,9 +508,7 @@ def print_tag_summary(stats, lead: str, extra: str = "") -> None:
 
 
 def open_index_for_tags(db: Path, paths: list[Path]) -> tuple[Index, list[str]]:
-    if not db.exists():
-        raise UserError(f"{db}: no index there yet; run `tagger scan FOLDER` first")
-    return Index(db), [os.path.abspath(p) for p in paths]
+    return existing_index(db), [os.path.abspath(p) for p in paths]
 
 
 TagPathsArgument = Annotated[Optional[list[Path]], typer.Argument(

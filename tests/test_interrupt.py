@@ -112,8 +112,10 @@ def test_a_second_ctrl_c_stops_at_once_with_130_and_a_consistent_index(big_libra
     wait_for_rows(db, proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.1)                          # two signals sent at once arrive as one
-    proc.send_signal(signal.SIGINT)          # may come after the first stop has finished:
-    out, err = proc.communicate(timeout=120)  # either way, 130 and a consistent index
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err
+    proc.send_signal(signal.SIGINT)          # may come after the first stop has finished,
+    out, err = proc.communicate(timeout=120)  # even after tagger's own handlers are gone:
+    # exit code 130, or death by SIGINT, which a shell also reports as 130; never "Aborted!"
+    # (exit 1), never a traceback, and a consistent index
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err and "Aborted" not in err
     assert check_consistent(db) < N_TRACKS

@@ -81,9 +81,15 @@ def log_mels(waveforms: list[torch.Tensor], settings: FeatureSettings,
              log_mel: LogMel) -> list[torch.Tensor]:
     """Each waveform's log-mel, computed in one batch: B mono (samples,) tensors on the
     model's device -> B tensors (n_mels, frames_i), frames_i = n_frames(max(samples_i,
-    min_samples)). A waveform's frames do not depend on the others in the batch."""
+    min_samples)). A waveform's frames do not depend on the others in the batch (on the
+    CPU, bit for bit)."""
     pad = settings.n_fft // 2
     sizes = [max(len(w), settings.min_samples) for w in waveforms]
+    if waveforms[0].device.type == "cpu":
+        # One at a time, each padded only to its own length: a batch's longer frame count
+        # changes how the CPU's threads split the mel matmul, and so the last bit.
+        return [log_mel(torch.nn.functional.pad(w, (pad, pad + size - len(w)))[None])[0]
+                for w, size in zip(waveforms, sizes)]
     batch = torch.zeros(len(waveforms), max(sizes) + 2 * pad, device=waveforms[0].device)
     for i, w in enumerate(waveforms):
         batch[i, pad: pad + len(w)] = w

@@ -244,6 +244,18 @@ def test_cli_ends_with_one_error_line(library, tmp_path, change, expected):
     one_error_line(show, expected)
 
 
+def test_weights_that_overflow_never_store_ok_rows(library, tmp_path):
+    """Finite weights can still overflow to NaN probabilities: the scan stops at the first
+    such batch instead of storing it."""
+    bad = tampered(tmp_path, lambda p: p["state_dict"]["head.weight"].fill_(3e38))
+    checkpoint.load(bad)                            # every weight is finite
+    db = tmp_path / "index.db"
+    result = runner.invoke(app, ["scan", str(library), "--db", str(db), "--model", str(bad),
+                                 "--workers", "0"])
+    one_error_line(result, "the model gives NaN or infinite probabilities")
+    assert scan_rows(db) == []
+
+
 def test_a_flood_of_problems_is_cut_short(tmp_path):
     bad = tampered(tmp_path, lambda p: p["features"].update({f"x{i}": i for i in range(50)}))
     with pytest.raises(CheckpointError) as info:

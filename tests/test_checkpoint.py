@@ -64,6 +64,7 @@ BAD_SETTINGS = [                                # section, key, value, what the 
     ("features", "f_max", 20000.0, "features.f_max (20000.0) is above half the sample rate"),
     ("features", "f_min", math.nan, "features.f_min is nan"),
     ("features", "mel_scale", "bark", "features.mel_scale is 'bark'"),
+    ("features", "mel_scale", torch.zeros(2), "features.mel_scale is tensor("),
     ("features", "segment_frames", 0, "features.segment_frames is 0"),
     ("features", "segment_frames", 4, "too small for 4 conv blocks"),
     ("features", "segment_hop", -1, "features.segment_hop is -1"),

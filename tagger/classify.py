@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from tagger.checkpoint import Checkpoint
-from tagger.errors import UserError
+from tagger.checkpoint import FIX, Checkpoint
+from tagger.errors import CheckpointError, UserError
 from tagger.features import FeatureSettings, LogMel, cut_segments, log_mels
 from tagger.pool import available_cores
 
@@ -58,7 +58,11 @@ class Classifier:
                    for track in tracks for w in track]
         owner = torch.tensor([i for i, track in enumerate(tracks) for _ in track], device=self.device)
         mels = log_mels(windows, self.settings, self.log_mel)
-        return track_probabilities(self.net, mels, owner, len(tracks), self.settings).cpu().numpy()
+        probs = track_probabilities(self.net, mels, owner, len(tracks), self.settings).cpu().numpy()
+        if not np.isfinite(probs).all():        # finite weights can still overflow
+            raise CheckpointError(f"the model gives NaN or infinite probabilities (model id "
+                                  f"{self.model_id}: its weights overflow); {FIX}")
+        return probs
 
 
 def track_probabilities(net: torch.nn.Module, mels: Sequence[torch.Tensor], owner: torch.Tensor,

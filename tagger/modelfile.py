@@ -4,6 +4,8 @@ of an unchanged library never pays for loading the model)."""
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from importlib import resources
 from pathlib import Path
 
@@ -11,6 +13,26 @@ from tagger.errors import UserError
 
 DEFAULT_MODEL_NAME = "default.pt"
 ENV_VAR = "TAGGER_MODEL"
+# The most a checkpoint may hold, on disk or unpacked (the shipped one holds 0.9 MB): far
+# above any model tagger trains, far below what would exhaust a laptop's memory.
+MAX_CHECKPOINT_BYTES = 256 << 20
+
+
+def mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.0f} MiB"
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why path cannot hold a checkpoint, from its metadata alone (None if it can): reading
+    a FIFO or a device would never end, and a huge file would take minutes to hash."""
+    info = os.stat(path)
+    if stat.S_ISDIR(info.st_mode):
+        return "is a directory"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size > MAX_CHECKPOINT_BYTES:
+        return f"is {mib(info.st_size)}; a tagger checkpoint is at most {mib(MAX_CHECKPOINT_BYTES)}"
+    return None
 
 
 def file_model_id(path: str | Path) -> str:
@@ -37,8 +59,9 @@ def resolve_model(option: Path | None) -> tuple[Path, str]:
                         f"{DEFAULT_MODEL_NAME}); reinstall tagger, or pass --model PATH (or set "
                         f"{ENV_VAR}) to a tagger checkpoint file")
     try:
+        problem = file_problem(path)
+        if problem:
+            raise UserError(f"{path}: {problem}; --model takes a tagger checkpoint file")
         return path, file_model_id(path)
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory; --model takes a checkpoint file") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read the model ({exc.strerror})") from None

@@ -196,7 +196,7 @@ def _sqlite_errors(method):
             try:
                 yield from method(self, *args, **kwargs)
             except sqlite3.DatabaseError as exc:
-                raise self.error(exc) from None
+                raise self._error(exc) from None
         return generator
 
     @functools.wraps(method)
@@ -204,7 +204,7 @@ def _sqlite_errors(method):
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
-            raise self.error(exc) from None
+            raise self._error(exc) from None
     return wrapper
 
 
@@ -232,13 +232,14 @@ class Index:
             if not read_only:
                 self._check_writable()
         except (sqlite3.DatabaseError, DatabaseError) as exc:
+            error = exc if isinstance(exc, DatabaseError) else self._error(exc)
             if self.db is not None:
                 self.db.conn.close()
-            raise exc if isinstance(exc, DatabaseError) else self.error(exc) from None
+            raise error from None
         except OSError as exc:
             raise DatabaseError(f"cannot create the index: {exc.strerror}", str(self.path)) from None
 
-    def error(self, exc: sqlite3.DatabaseError) -> Exception:
+    def _error(self, exc: sqlite3.DatabaseError) -> Exception:
         """The DatabaseError that says what went wrong and what to do; a constraint failure
         in a healthy index (a bug, not the user's) comes back as it was."""
         name = getattr(exc, "sqlite_errorname", "") or ""
@@ -257,6 +258,9 @@ class Index:
                 trouble = ("the index file is read-only", "make it writable, or pass another --db")
             if trouble:
                 return DatabaseError(f"cannot use the index ({exc}): {trouble[0]}; {trouble[1]}", path)
+        if name == "SQLITE_NOTADB":
+            return DatabaseError(f"cannot use the index: {exc} (not a SQLite file); pass another "
+                                 "--db", path)
         return DatabaseError(f"cannot use the index: {exc}", path)
 
     def _is_sqlite(self) -> bool:

@@ -32,7 +32,10 @@ class Report:
 
 
 def _rows(conn: sqlite3.Connection, table: str) -> Iterator[dict]:
-    """Every row of table that can be read (as {column: value}), in rowid order."""
+    """Every row of table that can be read (as {column: value}), in rowid order; none if the
+    index has no such table (or cannot say which tables it has)."""
+    if table not in _tables(conn):
+        return
     def select(after: int, limit: int) -> list:
         cursor = conn.execute(f"SELECT rowid AS tagger_rowid, * FROM {table} WHERE rowid > ? ORDER BY rowid "
                               "LIMIT ?", [after, limit])
@@ -111,6 +114,13 @@ def check(path: Path) -> Report:
         return report
     finally:
         conn.close()
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    try:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError:
+        return set()
 
 
 def recover(path: Path, new: Path) -> dict[str, int]:

@@ -263,3 +263,26 @@ def test_a_read_only_index_stops_a_scan_before_decoding(read_only_file, library,
     line = one_error_line(result, f"{read_only_file}: ")
     assert "read-only" in line
     assert len(run("query", "--db", read_only_file, "--format", "csv").stdout.splitlines()) == 8
+
+
+def test_recover_reads_an_index_of_an_older_schema(tmp_path):
+    import sqlite_utils
+    from tagger.index import _migrate_1, _migrate_2
+    old, new = tmp_path / "old.db", tmp_path / "new.db"
+    conn = sqlite3.connect(old)
+    db = sqlite_utils.Database(conn)
+    _migrate_1(db)
+    _migrate_2(db)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO tracks (id, path, size, mtime_ns, model_id, status, genre, confidence)"
+                 " VALUES (1, '/m/a.mp3', 1, 2, 'm', 'ok', 'jazz', 1.0)")
+    conn.execute("INSERT INTO probabilities VALUES (1, 'jazz', 1.0)")
+    conn.execute("INSERT INTO tag_backups (path, fields, saved_at) VALUES ('/m/a.mp3', '{}', 'x')")
+    conn.commit()
+    conn.close()
+    before = digest(old)
+    assert "1 undo records, 1 tracks with 1 probabilities" in run("check", "--db", old, "--recover", new).stdout
+    assert digest(old) == before
+    with Index(new) as index:
+        assert [r["path"] for r in index.tracks()] == ["/m/a.mp3"]
+        assert list(index.backups()) == [("/m/a.mp3", {})]

@@ -622,7 +622,8 @@ def check(
              f"problem(s); the first: {report.problems[0]})",
              f"Readable: {r['tracks']} tracks, {r['probabilities']} probabilities, "
              f"{r['tag_backups']} undo records"]
-    if recover is not None:
+    readable = any(r.values())
+    if recover is not None and (readable or report.ok):
         n = indexcheck.recover(db, recover)
         lines.append(f"Recovered into {output.display(str(recover))}: {n['tag_backups']} undo records, "
                      f"{n['tracks']} tracks with {n['probabilities']} probabilities"
@@ -631,6 +632,9 @@ def check(
                      + f". Use it with --db, or put it in the place of {output.display(str(db))}.")
     for line in lines:
         out.print(line, markup=False, highlight=False)
+    if not readable and not report.ok:
+        raise DatabaseError("nothing can be read from the index, so no copy is made; `tagger "
+                            "scan` with a new --db classifies the library again", str(db))
     if not report.ok and recover is None:
         raise DatabaseError(f"the index is damaged; `tagger check --db {db} --recover NEW.db` "
                             "copies what can be read into a new index", str(db))

@@ -8,6 +8,7 @@ it (doubling the step, then narrowing it down), so that only the rows on damaged
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -93,7 +94,10 @@ def _open(path: Path) -> sqlite3.Connection:
     try:
         return connect_read_only(path)
     except sqlite3.DatabaseError as exc:
-        raise DatabaseError(f"cannot open the index: {exc}", str(path)) from None
+        if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_CORRUPT"):
+            raise DatabaseError(f"cannot open the index: {exc}", str(path)) from None
+    # its list of tables is damaged: the reads below say so, and find nothing
+    return sqlite3.connect(f"{Path(os.path.abspath(path)).as_uri()}?mode=ro", uri=True)
 
 
 def check(path: Path) -> Report:

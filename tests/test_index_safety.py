@@ -286,3 +286,16 @@ def test_recover_reads_an_index_of_an_older_schema(tmp_path):
     with Index(new) as index:
         assert [r["path"] for r in index.tracks()] == ["/m/a.mp3"]
         assert list(index.backups()) == [("/m/a.mp3", {})]
+
+
+def test_check_of_an_index_whose_table_list_is_damaged(tmp_path):
+    db, new = tmp_path / "index.db", tmp_path / "new.db"
+    big_index(db, 50)
+    with open(db, "r+b") as f:              # page 1 holds the list of tables, after the header
+        f.seek(100)
+        f.write(b"\xde\xad\xbe\xef" * 4)
+    one_error_line(run("query", "--db", db, ok=None), f"{db}: {DAMAGED}")
+    result = run("check", "--db", db, "--recover", new, ok=None)
+    assert "Readable: 0 tracks, 0 probabilities, 0 undo records" in result.stdout
+    assert "nothing can be read from the index" in one_error_line(result, f"{db}: ")
+    assert not new.exists()

@@ -24,10 +24,10 @@ from rich.table import Table
 from rich.text import Text
 
 from tagger import __version__
-from tagger.errors import TaggerError, UserError
+from tagger.errors import DatabaseError, TaggerError, UserError
 from tagger.genres import GENRES, normalise_genre
 from tagger.recipe import CACHE_ENV_VAR, TrainSettings, default_cache_dir
-from tagger.index import ENV_VAR as DB_ENV_VAR, Index, default_db_path
+from tagger.index import ENV_VAR as DB_ENV_VAR, Index, check_location, default_db_path
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
 from tagger import output
 from tagger.pool import available_cores
@@ -73,12 +73,20 @@ def cli_errors(command):
         try:
             return command(*args, **kwargs)
         except TaggerError as exc:
-            err.print(f"[red]Error:[/red] {escape(output.display(str(exc)))}", highlight=False)
+            err.print(f"[red]Error:[/red] {escape(output.display(str(exc) + _db_from_env(exc)))}",
+                      highlight=False)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:           # a second Ctrl-C: stopped at once, as 130 says
             err.print("Stopped.")
             raise typer.Exit(130) from None
     return wrapper
+
+
+def _db_from_env(exc: TaggerError) -> str:
+    """Says where an index path that the user may not have typed came from."""
+    if isinstance(exc, DatabaseError) and exc.path and exc.path == os.environ.get(DB_ENV_VAR):
+        return f" (the path is ${DB_ENV_VAR})"
+    return ""
 
 
 def load_classifier(model: Path, device: Device):
@@ -87,11 +95,13 @@ def load_classifier(model: Path, device: Device):
     return Classifier(load(model), device.value)
 
 
-def existing_index(db: Path) -> Index:
-    """The index at db, for the commands that work from what a scan stored there."""
+def existing_index(db: Path, read_only: bool = False) -> Index:
+    """The index at db, for the commands that work from what a scan stored there; read_only
+    for those that only read it (they work on a read-only disk too)."""
+    check_location(db)
     if not db.exists():
         raise UserError(f"{db}: no index there yet; run `tagger scan FOLDER` first")
-    return Index(db)
+    return Index(db, read_only=read_only)
 
 
 class StopRequest:
@@ -226,7 +236,7 @@ def query(
             raise UserError(f"unknown genre {genre!r}; choose one of {', '.join(GENRES)}")
     if min_confidence is not None and key is None:
         raise UserError("--min-confidence needs --genre")
-    with existing_index(db) as index:
+    with existing_index(db, read_only=True) as index:
         rows = index.tracks(genre=key, min_confidence=min_confidence, failed=failed, limit=limit)
         if fmt is ListFormat.json:
             output.write_json(rows)
@@ -587,6 +597,47 @@ def restore_tags(
         stats = run_tag_command("Restoring tags", [p for p, _ in todo], todo,
                                 lambda item: restore_one(index, *item, dry_run=dry_run), dry_run)
     print_tag_summary(stats, "Would restore" if dry_run else "Restored")
+
+
+@app.command()
+@cli_errors
+def check(
+    db: DbOption = default_db_path(),
+    recover: Annotated[Optional[Path], typer.Option(
+        "--recover", metavar="NEW.db", show_default=False,
+        help="Copy what can be read into this new index file (undo records first); the "
+             "checked index is left as it is.")] = None,
+) -> None:
+    """Check the index with SQLite's integrity check and say what can still be read from it.
+
+    Exit code 1 if it is damaged. Nothing is deleted or changed: a recovery writes a new file.
+
+    Example: [bold]tagger check --recover ~/index-recovered.db[/bold]
+    """
+    from tagger import indexcheck
+    report = indexcheck.check(db)
+    r = report.readable
+    lines = [f"Index: {output.display(str(db))} (schema version {report.version})",
+             "Integrity: ok" if report.ok else f"Integrity: damaged ({len(report.problems)} "
+             f"problem(s); the first: {report.problems[0]})",
+             f"Readable: {r['tracks']} tracks, {r['probabilities']} probabilities, "
+             f"{r['tag_backups']} undo records"]
+    readable = any(r.values())
+    if recover is not None and (readable or report.ok):
+        n = indexcheck.recover(db, recover)
+        lines.append(f"Recovered into {output.display(str(recover))}: {n['tag_backups']} undo records, "
+                     f"{n['tracks']} tracks with {n['probabilities']} probabilities"
+                     + (f"; {n['tracks_left_out']} tracks with damaged probabilities are left "
+                        "for the next scan" if n["tracks_left_out"] else "")
+                     + f". Use it with --db, or put it in the place of {output.display(str(db))}.")
+    for line in lines:
+        out.print(line, markup=False, highlight=False)
+    if not readable and not report.ok:
+        raise DatabaseError("nothing can be read from the index, so no copy is made; `tagger "
+                            "scan` with a new --db classifies the library again", str(db))
+    if not report.ok and recover is None:
+        raise DatabaseError(f"the index is damaged; `tagger check --db {db} --recover NEW.db` "
+                            "copies what can be read into a new index", str(db))
 
 
 def version_callback(value: bool) -> None:

@@ -32,7 +32,8 @@ class CheckpointError(TaggerError):
 
 
 class DatabaseError(TaggerError):
-    """The SQLite index cannot be opened, is locked by another scan, or is too new."""
+    """The SQLite index cannot be opened or written: locked by another command, too new,
+    damaged, misplaced (a folder, a path below a file), on a full or read-only disk."""
 
 
 class UserError(TaggerError):

@@ -2,11 +2,17 @@
 
 Written through sqlite-utils. Each stored batch is one transaction, so an interrupted scan
 leaves whole tracks or none. WAL mode lets `query` read while a scan writes; a lock file
-beside the database keeps two scans from writing the same index at once.
+beside the database keeps two scans from writing the same index at once. Commands that only
+read open it read-only, so that an index on a read-only disk can still be queried.
+
+Every SQLite error leaves this module as tagger's DatabaseError with the index's path and
+a reason that says what to do: damaged (see tagger.indexcheck), full disk, read-only.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sqlite3
@@ -22,7 +28,7 @@ import sqlite_utils
 from tagger.errors import DatabaseError
 from tagger.genres import GENRES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ENV_VAR = "TAGGER_DB"
 
 
@@ -89,25 +95,186 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
                               "written_mtime_ns": int}, pk="path", not_null={"fields"})
 
 
-MIGRATIONS = [_migrate_1, _migrate_2]   # MIGRATIONS[i] takes the schema from version i to i + 1
+def identity(path: str) -> tuple[str, int | None, int | None]:
+    """A file's real path (symlinks resolved) and its (st_dev, st_ino), None if it is gone."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return real, None, None
+    return real, st.st_dev, st.st_ino
+
+
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    """Undo records belong to files, not paths: one per real path (symlinks resolved), with
+    the device and inode of the file (which tagger updates at each write, since a write
+    replaces the inode). An older index may hold two records for one file reached by two
+    paths; the first one saved is its original, the later ones hold tagger's own genre."""
+    db.execute("ALTER TABLE tag_backups RENAME TO tag_backups_v2")
+    _create_backups(db)
+    rows = db.execute("SELECT path, fields, saved_at, written_size, written_mtime_ns"
+                      " FROM tag_backups_v2 ORDER BY rowid").fetchall()
+    for path, *rest in rows:
+        real, dev, ino = identity(from_db_path(path))
+        if dev is not None and db.execute("SELECT 1 FROM tag_backups WHERE dev = ? AND ino = ?",
+                                          [dev, ino]).fetchone():
+            continue
+        db.execute("INSERT OR IGNORE INTO tag_backups (path, real_path, dev, ino, fields, saved_at,"
+                   " written_size, written_mtime_ns) VALUES (?,?,?,?,?,?,?,?)",
+                   [path, to_db_path(real), dev, ino, *rest])
+    db.execute("DROP TABLE tag_backups_v2")
+
+
+def _create_backups(db: sqlite_utils.Database) -> None:
+    db["tag_backups"].create({"id": int, "path": str, "real_path": str, "dev": int, "ino": int,
+                              "fields": str, "saved_at": str, "written_size": int,
+                              "written_mtime_ns": int},
+                             pk="id", not_null={"path", "real_path", "fields"})
+    db["tag_backups"].create_index(["real_path"], unique=True)
+    db["tag_backups"].create_index(["dev", "ino"])
+
+
+MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3]   # MIGRATIONS[i] takes the schema from version i to i + 1
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
-class Index:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_location(path: Path) -> None:
+    """A DatabaseError if path cannot be an index file: a folder, or below a regular file."""
+    if path.is_dir():
+        raise DatabaseError(f"is a folder, not an index file; pass a file in it, such as "
+                            f"{path / 'index.db'}", str(path))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DatabaseError(f"{parent} is a file, not a folder; pass an --db path "
+                                    "in a folder", str(path))
+            return
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection that changes nothing on disk. On a read-only disk, or a full
+    one, where SQLite cannot make its -shm file, the file is opened as immutable."""
+    uri = Path(os.path.abspath(path)).as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        name = getattr(exc, "sqlite_errorname", "")
+        if not name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR_SHM", "SQLITE_READONLY")):
+            raise
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30)
+
+
+def _disk_trouble(path: Path) -> tuple[str, str] | None:
+    """(cause, fix) when SQLite cannot create or grow a file beside the index, if the disk
+    tells why: a read-only file system, a full disk, a folder we may not write to."""
+    folder = os.path.dirname(os.path.realpath(path))
+    try:
+        fs = os.statvfs(folder)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return ("it is on a read-only file system",
+                "pass an --db on a writable disk (query and check still work)")
+    if fs.f_bavail * fs.f_frsize < 1 << 20:
+        return "no space left on its disk", "free some space, or pass another --db"
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} is read-only", "make it writable, or pass another --db"
+    return None
+
+
+def _sqlite_errors(method):
+    """Turn the sqlite3 errors of an Index method (or generator) into tagger's DatabaseError."""
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def generator(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                raise self._error(exc) from None
+        return generator
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30)
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
+    return wrapper
+
+
+class Index:
+    """read_only: for the commands that only read (never migrates, never writes; works on a
+    read-only disk). Otherwise the index is created, migrated, and must be writable."""
+
+    def __init__(self, path: str | Path, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        check_location(self.path)
+        self.db = None
+        try:
+            if read_only:
+                conn = connect_read_only(self.path)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=30)
             self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA busy_timeout = 30000")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA foreign_keys = ON")
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise DatabaseError(f"cannot use the index: {exc}", str(self.path)) from None
+            if not read_only:
+                self._check_writable()
+        except (sqlite3.DatabaseError, DatabaseError) as exc:
+            error = exc if isinstance(exc, DatabaseError) else self._error(exc)
+            if self.db is not None:
+                self.db.conn.close()
+            raise error from None
         except OSError as exc:
             raise DatabaseError(f"cannot create the index: {exc.strerror}", str(self.path)) from None
+
+    def _error(self, exc: sqlite3.DatabaseError) -> Exception:
+        """The DatabaseError that says what went wrong and what to do; a constraint failure
+        in a healthy index (a bug, not the user's) comes back as it was."""
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        path = str(self.path)
+        damaged = name.startswith("SQLITE_CORRUPT") or (name == "SQLITE_NOTADB" and self._is_sqlite())
+        if isinstance(exc, sqlite3.IntegrityError):
+            if not self._damaged():
+                return exc
+            damaged = True
+        if damaged:
+            return DatabaseError(f"the index is damaged ({exc}); `tagger check --db {path}` says "
+                                 "what can still be read and copies it into a new index", path)
+        if name.startswith(("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_CANTOPEN", "SQLITE_READONLY")):
+            trouble = _disk_trouble(self.path)
+            if trouble is None and name.startswith("SQLITE_READONLY"):
+                trouble = ("the index file is read-only", "make it writable, or pass another --db")
+            if trouble:
+                return DatabaseError(f"cannot use the index ({exc}): {trouble[0]}; {trouble[1]}", path)
+        if name == "SQLITE_NOTADB":
+            return DatabaseError(f"cannot use the index: {exc} (not a SQLite file); pass another "
+                                 "--db", path)
+        return DatabaseError(f"cannot use the index: {exc}", path)
+
+    def _is_sqlite(self) -> bool:
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(16) == SQLITE_MAGIC
+        except OSError:
+            return False
+
+    def _damaged(self) -> bool:
+        try:
+            return self.db.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok"
+        except sqlite3.DatabaseError:
+            return True
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -117,10 +284,25 @@ class Index:
         if version > SCHEMA_VERSION:
             raise DatabaseError(f"index schema version {version} is newer than this tagger "
                                 f"understands ({SCHEMA_VERSION}); upgrade tagger", str(self.path))
+        if self.read_only:
+            if version == 0:
+                raise DatabaseError("holds no tracks yet; run `tagger scan FOLDER` first",
+                                    str(self.path))
+            return
         with self.db.atomic():
             for step in range(version, SCHEMA_VERSION):
                 MIGRATIONS[step](self.db)
                 self.db.execute(f"PRAGMA user_version = {step + 1}")
+
+    def _check_writable(self) -> None:
+        """Fail now, not after a scan has decoded for an hour: a write, rolled back."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self.db.conn.close()
@@ -134,13 +316,21 @@ class Index:
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Hold an exclusive lock file for the length of a scan or a tag write (POSIX;
-        elsewhere SQLite's own locking still keeps the file consistent)."""
+        elsewhere SQLite's own locking still keeps the file consistent). The lock file is
+        named after the real file, so that a symlink to the index shares its lock."""
         try:
             import fcntl
         except ImportError:
             yield
             return
-        with open(f"{self.path}.lock", "w") as handle:
+        lock = f"{os.path.realpath(self.path)}.lock"
+        try:
+            handle = open(lock, "w")
+        except OSError as exc:
+            cause, fix = _disk_trouble(self.path) or (exc.strerror, "pass another --db")
+            raise DatabaseError(f"cannot create the lock file {lock}: {cause}; {fix}",
+                                str(self.path)) from None
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -152,6 +342,7 @@ class Index:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @_sqlite_errors
     def is_current(self, path: str, size: int, mtime_ns: int, model_id: str) -> bool:
         """True if the index already holds this exact file version for this model, and the
         last try did not end in a transient error (permissions, I/O, a crashed decoder)."""
@@ -159,36 +350,36 @@ class Index:
                               [to_db_path(path)]).fetchone()
         return row is not None and row[:3] == (size, mtime_ns, model_id) and row[3] != "error"
 
+    @_sqlite_errors
     def store(self, results: Sequence[TrackResult]) -> None:
         """Upsert tracks and their probabilities, all in one transaction."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        try:
-            with self.db.atomic():
-                for r in results:
-                    key = to_db_path(r.path)
-                    genre = r.genre
-                    self.db.execute(
-                        "INSERT INTO tracks (path, size, mtime_ns, model_id, status, genre, confidence,"
-                        " error, duration, scanned_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
-                        " ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
-                        " model_id=excluded.model_id, status=excluded.status, genre=excluded.genre,"
-                        " confidence=excluded.confidence, error=excluded.error,"
-                        " duration=excluded.duration, scanned_at=excluded.scanned_at",
-                        [key, r.size, r.mtime_ns, r.model_id, r.status, genre,
-                         r.probabilities[genre] if genre else None, r.error, r.duration, now])
-                    track_id = self.db.execute("SELECT id FROM tracks WHERE path = ?", [key]).fetchone()[0]
-                    self.db.execute("DELETE FROM probabilities WHERE track_id = ?", [track_id])
-                    self.db.conn.executemany(
-                        "INSERT INTO probabilities (track_id, genre, probability) VALUES (?,?,?)",
-                        [(track_id, g, float(p)) for g, p in r.probabilities.items()])
-        except sqlite3.OperationalError as exc:
-            raise DatabaseError(f"cannot write to the index: {exc}", str(self.path)) from None
+        with self.db.atomic():
+            for r in results:
+                key = to_db_path(r.path)
+                genre = r.genre
+                self.db.execute(
+                    "INSERT INTO tracks (path, size, mtime_ns, model_id, status, genre, confidence,"
+                    " error, duration, scanned_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
+                    " model_id=excluded.model_id, status=excluded.status, genre=excluded.genre,"
+                    " confidence=excluded.confidence, error=excluded.error,"
+                    " duration=excluded.duration, scanned_at=excluded.scanned_at",
+                    [key, r.size, r.mtime_ns, r.model_id, r.status, genre,
+                     r.probabilities[genre] if genre else None, r.error, r.duration, now])
+                track_id = self.db.execute("SELECT id FROM tracks WHERE path = ?", [key]).fetchone()[0]
+                self.db.execute("DELETE FROM probabilities WHERE track_id = ?", [track_id])
+                self.db.conn.executemany(
+                    "INSERT INTO probabilities (track_id, genre, probability) VALUES (?,?,?)",
+                    [(track_id, g, float(p)) for g, p in r.probabilities.items()])
 
+    @_sqlite_errors
     def genres(self) -> list[str]:
         """Every genre that has probabilities in the index, in the vocabulary's order."""
         found = {g for (g,) in self.db.execute("SELECT DISTINCT genre FROM probabilities")}
         return [g for g in GENRES if g in found] + sorted(found - set(GENRES))
 
+    @_sqlite_errors
     def tracks(self, genre: str | None = None, min_confidence: float | None = None,
                failed: bool = False, limit: int | None = None) -> Iterator[dict]:
         """Rows for listing: for a genre, most probable first; otherwise by path. Each dict has
@@ -231,12 +422,14 @@ class Index:
                        "probabilities": probs[track_id], "model_id": model_id, "error": error,
                        "status": status, "size": size, "mtime_ns": mtime_ns}
 
+    @_sqlite_errors
     def file_version(self, path: str) -> tuple[int, int] | None:
         """(size, mtime_ns) of the file as the index last saw it, or None if not indexed."""
         row = self.db.execute("SELECT size, mtime_ns FROM tracks WHERE path = ?",
                               [to_db_path(path)]).fetchone()
         return tuple(row) if row else None
 
+    @_sqlite_errors
     def moved_on(self, path: str, old: tuple[int, int], new: tuple[int, int]) -> None:
         """After tagger rewrote a file's tags (not its audio): record its new size and mtime,
         so that the next scan does not classify it again, but only if the index was current
@@ -244,35 +437,66 @@ class Index:
         self._write("UPDATE tracks SET size = ?, mtime_ns = ? WHERE path = ? AND size = ?"
                     " AND mtime_ns = ?", [*new, to_db_path(path), *old])
 
+    # Undo records belong to files: a file reached by several paths (symlinks, a bind mount)
+    # has one, found by its real path, or by the device and inode of the file tagger last
+    # wrote there if that file is still what tagger wrote (inodes are reused once freed).
+
+    def _record(self, path: str) -> tuple | None:
+        """(id, written_size, written_mtime_ns) of the record of the file at path, or None."""
+        row = self.db.execute("SELECT id, written_size, written_mtime_ns FROM tag_backups"
+                              " WHERE real_path = ?", [to_db_path(os.path.realpath(path))]).fetchone()
+        if row is not None:
+            return row
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return self.db.execute(
+            "SELECT id, written_size, written_mtime_ns FROM tag_backups WHERE dev = ? AND ino = ?"
+            " AND written_size = ? AND written_mtime_ns = ? ORDER BY id",
+            [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]).fetchone()
+
+    @_sqlite_errors
     def save_backup(self, path: str, fields: dict) -> None:
-        """Keep a file's original tag fields; a backup that exists already is never replaced,
-        so that a restore goes back to the state before the first write."""
+        """Keep a file's original tag fields; a record that exists already for the file is
+        never replaced, so that a restore goes back to the state before the first write."""
+        if self._record(path) is not None:
+            return
+        real, dev, ino = identity(path)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self._write("INSERT OR IGNORE INTO tag_backups (path, fields, saved_at) VALUES (?,?,?)",
-                    [to_db_path(path), json.dumps(fields, ensure_ascii=False), now])
+        self._write("INSERT INTO tag_backups (path, real_path, dev, ino, fields, saved_at)"
+                    " VALUES (?,?,?,?,?,?)", [to_db_path(path), to_db_path(real), dev, ino,
+                                              json.dumps(fields, ensure_ascii=False), now])
 
-    def note_written(self, path: str, version: tuple[int, int]) -> None:
-        """The (size, mtime_ns) of the file that is about to replace the one at path."""
-        self._write("UPDATE tag_backups SET written_size = ?, written_mtime_ns = ? WHERE path = ?",
-                    [*version, to_db_path(path)])
+    @_sqlite_errors
+    def note_written(self, path: str, version: tuple[int, int],
+                     identity: tuple[int, int] | None = None) -> None:
+        """The (size, mtime_ns), and (st_dev, st_ino), of the file that is about to replace
+        the one at path: its record follows it."""
+        if (record := self._record(path)) is not None:
+            self._write("UPDATE tag_backups SET written_size = ?, written_mtime_ns = ?,"
+                        " dev = coalesce(?, dev), ino = coalesce(?, ino) WHERE id = ?",
+                        [*version, *(identity or (None, None)), record[0]])
 
+    @_sqlite_errors
     def written_version(self, path: str) -> tuple[int, int] | None:
-        row = self.db.execute("SELECT written_size, written_mtime_ns FROM tag_backups WHERE path = ?",
-                              [to_db_path(path)]).fetchone()
-        return tuple(row) if row and row[0] is not None else None
+        record = self._record(path)
+        return tuple(record[1:]) if record and record[1] is not None else None
 
+    @_sqlite_errors
     def drop_backup(self, path: str) -> None:
-        self._write("DELETE FROM tag_backups WHERE path = ?", [to_db_path(path)])
+        if (record := self._record(path)) is not None:
+            self._write("DELETE FROM tag_backups WHERE id = ?", [record[0]])
 
+    @_sqlite_errors
     def backups(self) -> Iterator[tuple[str, dict]]:
-        """(path, fields) of every saved backup, by path."""
-        rows = self.db.execute("SELECT path, fields FROM tag_backups ORDER BY path").fetchall()
-        for path, fields in rows:
-            yield from_db_path(path), json.loads(fields)
+        """(path, fields) of every saved record, one per file, by path: the path it was saved
+        through, or the file's real path if that path now leads to another file."""
+        rows = self.db.execute("SELECT path, real_path, fields FROM tag_backups ORDER BY path").fetchall()
+        for path, real, fields in rows:
+            path, real = from_db_path(path), from_db_path(real)
+            yield path if os.path.realpath(path) == real else real, json.loads(fields)
 
     def _write(self, sql: str, params: list) -> None:
-        try:
-            with self.db.atomic():
-                self.db.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            raise DatabaseError(f"cannot write to the index: {exc}", str(self.path)) from None
+        with self.db.atomic():
+            self.db.execute(sql, params)

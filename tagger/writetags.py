@@ -113,8 +113,8 @@ def _check_current(index: Index, row: dict) -> os.stat_result:
 
 
 def _note_written(index: Index, path: str) -> Callable[[os.stat_result], None]:
-    """Records the new file's version just before it replaces the one at path."""
-    return lambda st: index.note_written(path, _version(st))
+    """Records the new file's version and identity just before it replaces the one at path."""
+    return lambda st: index.note_written(path, _version(st), (st.st_dev, st.st_ino))
 
 
 def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:

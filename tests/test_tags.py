@@ -472,7 +472,7 @@ def test_a_version_1_index_migrates(tmp_path, lib):
     conn.commit()
     conn.close()
     with Index(path) as index:
-        assert index.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert index.db.execute("PRAGMA user_version").fetchone()[0] == 3
         assert "tag_backups" in index.db.table_names()
         assert index.file_version("/a") == (1, 2)
 

@@ -1,0 +1,253 @@
+"""ID3v2 tags as stored: the frames' bytes, kept verbatim, and where the tag sits in a file.
+
+mutagen keeps one frame per key and drops the frames it cannot parse, so rewriting a tag
+through it loses duplicates (two lyrics with the same language), junk and unknown frames.
+Here a tag is a list of raw frames (id, flags, payload as stored); tagger drops and inserts
+only its own frames and writes every other frame back byte for byte, at the tag's own
+version (v2.2's 6-byte frame headers included). The tag sits at the start of an mp3, or in
+the `id3 `/`ID3 ` chunk of a WAV (RIFF) or AIFF (FORM) file; everything else in the file is
+"the audio" and is never rewritten: `audio_digest` hashes it so that a copy can be checked.
+What cannot be rewritten losslessly (unsynchronisation of the whole tag, an extended header,
+a footer, v2.2 compression) raises Unsupported with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+from mutagen._util import resize_bytes
+from mutagen.id3._util import BitPaddedInt
+
+PREFIX = b"TAGGER_"
+GENRE_IDS = {"TCON", "TCO"}
+CUSTOM_IDS = {"TXXX", "TXX"}
+NEW_TAG_PADDING = 1024
+
+
+class Unsupported(ValueError):
+    """A tag or file layout that tagger cannot rewrite without changing other bytes."""
+
+
+@dataclass(frozen=True, order=True)
+class Frame:
+    id: str
+    flags: bytes            # b"" in v2.2
+    data: bytes             # the payload as stored (compressed, unsynchronised... as it is)
+
+    def render(self, version: int) -> bytes:
+        return header(self.id, len(self.data), version, self.flags) + self.data
+
+    def managed(self) -> bool:
+        """TCON, or a TXXX whose description starts with TAGGER_: tagger's own."""
+        if self.id in GENRE_IDS:
+            return True
+        return self.id in CUSTOM_IDS and (_description(self.data) or "").startswith("TAGGER_")
+
+
+def header(fid: str, size: int, version: int, flags: bytes = b"\0\0") -> bytes:
+    if version == 2:
+        return fid.encode("latin-1") + size.to_bytes(3, "big")
+    bits = 7 if version == 4 else 8
+    return fid.encode("latin-1") + BitPaddedInt.to_str(size, width=4, bits=bits) + flags
+
+
+def _description(data: bytes) -> str | None:
+    """The description of a TXXX payload; None if its encoding byte is not one of ID3's."""
+    if not data or data[0] > 3:
+        return None
+    enc, rest = data[0], data[1:]
+    if enc in (0, 3):
+        return rest.split(b"\0", 1)[0].decode("latin-1" if enc == 0 else "utf-8", "replace")
+    end = next((i for i in range(0, len(rest) - 1, 2) if rest[i:i + 2] == b"\0\0"), len(rest))
+    return rest[:end].decode("utf-16" if enc == 1 else "utf-16-be", "replace")
+
+
+@dataclass
+class Tag:
+    version: int                        # 2, 3 or 4
+    flags: int                          # the header's flag byte
+    frames: list[Frame] = field(default_factory=list)
+
+    def others(self) -> list[Frame]:
+        return [f for f in self.frames if not f.managed()]
+
+
+def _size(head: bytes) -> int:
+    """The whole tag's size from its 10-byte header (footer included)."""
+    return 10 + BitPaddedInt(head[6:10]) + (10 if head[3] == 4 and head[5] & 0x10 else 0)
+
+
+def parse(data: bytes) -> Tag:
+    """The tag that `data` starts with. Raises Unsupported."""
+    version, flags = data[3], data[5]
+    if version not in (2, 3, 4):
+        raise Unsupported(f"has an ID3v2.{version} tag, which tagger cannot write")
+    if flags & 0x80:
+        raise Unsupported("its ID3 tag is unsynchronised, which tagger cannot rewrite losslessly")
+    if flags & 0x40:
+        raise Unsupported("its ID3 tag has an extended header (or v2.2 compression), "
+                          "which tagger cannot rewrite losslessly")
+    if flags & 0x10 and version == 4:
+        raise Unsupported("its ID3 tag has a footer, which tagger cannot rewrite losslessly")
+    end = min(len(data), 10 + BitPaddedInt(data[6:10]))
+    head = 6 if version == 2 else 10
+    tag, at = Tag(version, flags), 10
+    while at + head <= end and data[at] != 0:
+        if version == 2:
+            fid, fflags, size = data[at:at + 3], b"", int.from_bytes(data[at + 3:at + 6], "big")
+        else:
+            fid, fflags = data[at:at + 4], data[at + 8:at + 10]
+            size = BitPaddedInt(data[at + 4:at + 8], bits=7 if version == 4 else 8)
+        if at + head + size > end:
+            raise Unsupported("its ID3 tag is damaged (a frame runs past the tag's end)")
+        frame = Frame(fid.decode("latin-1"), bytes(fflags), bytes(data[at + head:at + head + size]))
+        transformed = fflags and int.from_bytes(fflags, "big") & (0x000F if version == 4 else 0x00C0)
+        if frame.id in CUSTOM_IDS and transformed:
+            raise Unsupported(f"has a compressed or encrypted {frame.id} frame")
+        tag.frames.append(frame)
+        at += head + size
+    if any(data[at:end]):
+        raise Unsupported("its ID3 tag has data after its frames, which tagger cannot keep")
+    return tag
+
+
+# -- where the tag is ---------------------------------------------------------------------------
+
+@dataclass
+class Place:
+    """Where a file's ID3v2 tag is (start, size: the bytes it takes; size 0 if none)."""
+    kind: str                           # "mp3", "wav" or "aiff"
+    start: int = 0
+    size: int = 0
+    chunk: int | None = None            # a WAV/AIFF: the ID3 chunk's header offset
+    end: int = 0                        # a WAV/AIFF: where the container's chunks end
+    unpadded: bool = False              # a WAV/AIFF: the last chunk is odd with no pad byte
+    chunks: list = field(default_factory=list, repr=False)   # (id, offset, size) of each chunk
+
+
+ID3_CHUNKS = {"wav": (b"ID3 ", b"id3 "), "aiff": (b"ID3 ",)}   # what mutagen reads, first first
+
+
+def locate(fh, kind: str) -> Place:
+    """The tag's place in an open file. Raises Unsupported for a damaged chunk list."""
+    fh.seek(0, 2)
+    length = fh.tell()
+    fh.seek(0)
+    head = fh.read(12)
+    if kind == "mp3":
+        if head[:3] == b"ID3" and len(head) >= 10:
+            return Place(kind, 0, min(_size(head), length))
+        return Place(kind)
+    little = kind == "wav"
+    container = int.from_bytes(head[4:8], "little" if little else "big")
+    place = Place(kind, end=8 + container)
+    if head[:4] != (b"RIFF" if little else b"FORM") or place.end > length:
+        raise Unsupported(f"its {'RIFF' if little else 'FORM'} size does not match the file")
+    at = 12
+    while at + 8 <= place.end:
+        fh.seek(at)
+        cid, raw = fh.read(4), fh.read(4)
+        size = int.from_bytes(raw, "little" if little else "big")
+        if at + 8 + size > place.end:
+            raise Unsupported("a chunk runs past the end of the file")
+        place.chunks.append((cid, at, size))
+        at += 8 + size + size % 2
+    place.unpadded = at == place.end + 1
+    if at not in (place.end, place.end + 1):
+        raise Unsupported("its chunk list does not end where the file says")
+    ours = [c for c in place.chunks if c[0] in (b"ID3 ", b"id3 ")]
+    if len(ours) > 1:
+        raise Unsupported("has more than one ID3 chunk")
+    if ours and ours[0][0] in ID3_CHUNKS[kind]:
+        place.chunk, place.start, place.size = ours[0][1], ours[0][1] + 8, ours[0][2]
+    elif ours:
+        raise Unsupported(f"its ID3 chunk is named {ours[0][0]!r}, which readers miss")
+    return place
+
+
+def read(fh, kind: str) -> tuple[Tag | None, Place]:
+    """(the tag, or None, its place). Raises Unsupported."""
+    place = locate(fh, kind)
+    if not place.size:
+        return None, place
+    fh.seek(place.start)
+    data = fh.read(place.size)
+    if data[:3] != b"ID3" or len(data) < 10:
+        raise Unsupported("its ID3 chunk holds no ID3 tag")
+    return parse(data), place
+
+
+def tag_size(needed: int, place: Place, keep: int | None = None) -> int:
+    """How big the new tag is: `keep` (a restore's original size) or the old place if it
+    fits, so that nothing after it moves; else what it needs and some padding."""
+    for room in (keep, place.size):
+        if room and needed <= room:
+            return room
+    return needed + NEW_TAG_PADDING
+
+
+def write(fh, place: Place, data: bytes | None, unpadded: bool = False) -> None:
+    """Put the tag bytes `data` at `place` (None removes the tag), in a file open for
+    reading and writing. A WAV/AIFF gets an ID3 chunk at the end of its chunks, after the
+    pad byte that an odd last chunk lacked; removing a chunk from a file that was
+    `unpadded` before tagger padded it takes that pad byte away again."""
+    if place.kind == "mp3":
+        new = data or b""
+        resize_bytes(fh, place.size, len(new), 0)
+        fh.seek(0)
+        fh.write(new)
+        return
+    order = "little" if place.kind == "wav" else "big"
+    chunk = b"" if data is None else (ID3_CHUNKS[place.kind][-1] + len(data).to_bytes(4, order)
+                                      + data + bytes(len(data) % 2))
+    if place.chunk is None:                     # a new chunk at the end
+        if data is None:
+            return
+        at, old, new = place.end, 0, b"\0" * place.unpadded + chunk
+    else:
+        at, old, new = place.chunk, min(8 + place.size + place.size % 2, place.end - place.chunk), chunk
+        before = [c for c in place.chunks if c[1] < at]
+        if data is None and unpadded and at + old == place.end and before and before[-1][2] % 2:
+            at, old = at - 1, old + 1             # the pad byte that tagger added
+    resize_bytes(fh, old, len(new), at)
+    fh.seek(at)
+    fh.write(new)
+    fh.seek(4)
+    fh.write((place.end - 8 + len(new) - old).to_bytes(4, order))
+
+
+def audio_digest(fh, place: Place) -> bytes:
+    """A hash of every byte that is not the ID3 tag: an mp3's audio, APEv2 and ID3v1 after
+    the tag; a WAV/AIFF's form type and every other chunk (id, size, data), and anything
+    after its chunks."""
+    digest = hashlib.blake2b()
+
+    def add(start: int, size: int | None) -> None:
+        fh.seek(start)
+        left = size
+        while left is None or left > 0:
+            block = fh.read(1 << 20 if left is None else min(left, 1 << 20))
+            if not block:
+                break
+            digest.update(block)
+            if left is not None:
+                left -= len(block)
+
+    if place.kind == "mp3":
+        add(place.size, None)
+        return digest.digest()
+    add(8, 4)
+    for cid, at, size in place.chunks:
+        if at != place.chunk:
+            digest.update(struct.pack(">4sI", cid, size))
+            add(at + 8, size)
+    add(place.end + place.unpadded, None)
+    return digest.digest()
+
+
+def assemble(version: int, flags: int, body: bytes, size: int) -> bytes:
+    """A tag from its frames' bytes, padded with zeros to `size` bytes if they fit."""
+    body += bytes(max(0, size - 10 - len(body)))
+    return b"ID3" + bytes([version, 0, flags]) + BitPaddedInt.to_str(len(body)) + body

@@ -1,0 +1,165 @@
+"""Nothing else in a file changes: the raw ID3 frames other than tagger's own survive byte
+for byte (duplicates, junk, unknown frames), every copy is verified before it replaces the
+original, an edit made meanwhile by another program is never overwritten, and a WAV whose
+last chunk lacks its pad byte gets a tag that reads back. Fixtures: tests/tagfixtures.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mutagen
+import pytest
+
+from tagfixtures import (HOSTILE_V22, HOSTILE_V23, genres_of, id3_tag, make_hostile, odd_wav,
+                         payload, raw_frames, wav_chunks)
+from tagger import tags
+from tagger.index import Index, TrackResult
+from test_tags import MODEL_ID, PROBS, run
+
+MANAGED = (b"TCON", b"TCO")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> dict[str, Path]:
+    return make_hostile(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture
+def copies(hostile, tmp_path) -> Path:
+    folder = tmp_path / "Music"
+    folder.mkdir()
+    for name, path in hostile.items():
+        shutil.copyfile(path, folder / name)
+    return folder
+
+
+def tag_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".wav":
+        return next(d for c, d in wav_chunks(data) if c.lower() == b"id3 ")
+    return data
+
+
+def ours(frame) -> bool:
+    fid, _, data = frame
+    if fid in MANAGED:
+        return True
+    text = {0: "latin-1", 1: "utf-16", 3: "utf-8"}.get(data[0])
+    return (fid in (b"TXXX", b"TXX") and text is not None
+            and data[1:].decode(text, "replace").startswith("TAGGER_"))
+
+
+def others(path: Path) -> list:
+    """The raw frames tagger does not manage, byte for byte, in order."""
+    return [f for f in raw_frames(tag_bytes(path))[1] if not ours(f)]
+
+
+def audio(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".wav":
+        return b"".join(c + d for c, d in wav_chunks(data) if c.lower() != b"id3 ")
+    return data[raw_frames(data)[2]:]
+
+
+@pytest.mark.parametrize("name", ["hostile23.mp3", "hostile22.mp3", "hostile23.wav"])
+def test_write_tags_keeps_every_other_frame_byte_for_byte(copies, hostile, tmp_path, name):
+    path = copies / name
+    db = tmp_path / "index.db"
+    with Index(db) as index:
+        st = path.stat()
+        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    result = run("write-tags", "--db", db, "--overwrite", "--probabilities")
+    assert "Wrote genres to 1 files" in result.stdout, result.output
+    version = raw_frames(tag_bytes(path))[0]
+    assert version == raw_frames(tag_bytes(hostile[name]))[0]          # the file's own version
+    assert others(path) == others(hostile[name])
+    assert len(others(path)) == len(HOSTILE_V23 if "23" in name else HOSTILE_V22) - 2 + ("22" in name)
+    assert audio(path) == audio(hostile[name])
+    assert genres_of(path) == ["Hip-Hop"]
+    assert mutagen.File(path).tags["TXXX:TAGGER_MODEL"].text == [MODEL_ID]
+
+    result = run("restore-tags", "--db", db)
+    assert "Restored 1 files" in result.stdout, result.output
+    assert path.read_bytes() == hostile[name].read_bytes()
+
+
+def test_a_version_change_that_would_lose_frames_skips_the_file(copies, hostile, tmp_path):
+    path = copies / "hostile23.mp3"
+    state = tags.read(str(path))
+    with pytest.raises(tags.TagError) as info:
+        tags.write_fields(str(path), state.planned(["Jazz"]), custom_too=False, id3_version=4)
+    assert "RGAD" in info.value.reason and "USLT" in info.value.reason, info.value.reason
+    assert path.read_bytes() == hostile["hostile23.mp3"].read_bytes()
+    assert [p.name for p in copies.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_v22_tag_with_unknown_frames_is_not_converted(copies, hostile):
+    path = copies / "hostile22.mp3"
+    state = tags.read(str(path))
+    assert state.genres == ["Rock"] and state.id3_version == 2
+    with pytest.raises(tags.TagError, match="XYZ"):
+        tags.write_fields(str(path), state.planned(["Jazz"]), custom_too=False, id3_version=3)
+    assert path.read_bytes() == hostile["hostile22.mp3"].read_bytes()
+
+
+def test_verification_refuses_a_copy_that_lost_a_frame(copies, hostile):
+    """mutagen's own save keeps one USLT of two: the verification names the lost frame."""
+    path = copies / "hostile23.mp3"
+
+    def mutagen_save(temp: str) -> None:
+        f = mutagen.File(temp)
+        f.tags.delall("TCON")
+        f.save(v2_version=3)
+        tags.verify(str(path), temp, [("TXXX:TAGGER_MODEL", "old")], version=3)
+
+    with pytest.raises(tags.TagError) as info:
+        tags.replace_safely(str(path), mutagen_save)
+    assert info.value.reason == ("would lose frames USLT, COMM, TXXX; change frames TIT2, TPE1; "
+                                 "left unchanged")
+    assert path.read_bytes() == hostile["hostile23.mp3"].read_bytes()
+
+
+def test_an_edit_made_while_writing_is_kept(copies, hostile):
+    """Another program saves the file between tagger's copy and its rename: tagger skips it."""
+    path = copies / "hostile23.mp3"
+    state = tags.read(str(path))
+
+    def another_program(st) -> None:
+        f = mutagen.File(path)
+        f.tags.add(mutagen.id3.TIT2(encoding=3, text=["edited meanwhile"]))
+        f.save()
+
+    with pytest.raises(tags.TagError, match="changed while writing"):
+        tags.write_fields(str(path), state.planned(["Jazz"]), custom_too=False,
+                          before_replace=another_program)
+    assert mutagen.File(path).tags["TIT2"].text == ["edited meanwhile"]
+    assert genres_of(path) == ["Rock"]
+    assert [p.name for p in copies.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_wav_without_its_last_pad_byte_gets_a_tag_that_reads_back(copies, hostile):
+    path = copies / "odd.wav"
+    sound = payload(path)
+    state = tags.read(str(path))
+    tags.write_fields(str(path), state.planned(["Jazz"]), custom_too=False)
+    assert genres_of(path) == ["Jazz"]
+    size = path.stat().st_size
+    tags.write_fields(str(path), tags.read(str(path)).planned(["Rock"]), custom_too=False)
+    assert genres_of(path) == ["Rock"] and path.stat().st_size == size     # no chunk piles up
+    assert payload(path) == sound
+    data = path.read_bytes()
+    assert int.from_bytes(data[4:8], "little") == len(data) - 8
+    tags.restore_fields(str(path), state.backup())
+    assert path.read_bytes() == hostile["odd.wav"].read_bytes()
+
+
+def test_an_unreadable_tag_chunk_after_an_unpadded_chunk_is_refused(tmp_path):
+    """A file that already holds a tag no reader finds: verification refuses the copy
+    instead of writing another tag that no reader finds."""
+    path = tmp_path / "bad.wav"
+    odd_wav(path, tag=id3_tag([("TIT2", b"\x00x")], 3))    # the id3 chunk sits at an odd offset
+    before = path.read_bytes()
+    with pytest.raises(tags.TagError):
+        tags.write_fields(str(path), [("TCON", "Jazz")], custom_too=False)
+    assert path.read_bytes() == before

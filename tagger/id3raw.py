@@ -6,15 +6,13 @@ Here a tag is a list of raw frames (id, flags, payload as stored); tagger drops 
 only its own frames and writes every other frame back byte for byte, at the tag's own
 version (v2.2's 6-byte frame headers included). The tag sits at the start of an mp3, or in
 the `id3 `/`ID3 ` chunk of a WAV (RIFF) or AIFF (FORM) file; everything else in the file is
-"the audio" and is never rewritten: `audio_digest` hashes it so that a copy can be checked.
+"the audio" and is never rewritten: `same_audio` compares it between a file and its copy.
 What cannot be rewritten losslessly (unsynchronisation of the whole tag, an extended header,
 a footer, v2.2 compression) raises Unsupported with the reason.
 """
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from dataclasses import dataclass, field
 
 from mutagen._util import resize_bytes
@@ -122,6 +120,7 @@ class Place:
     start: int = 0
     size: int = 0
     chunk: int | None = None            # a WAV/AIFF: the ID3 chunk's header offset
+    name: bytes = b""                   # a WAV/AIFF: its id, kept as it is ("id3 " or "ID3 ")
     end: int = 0                        # a WAV/AIFF: where the container's chunks end
     unpadded: bool = False              # a WAV/AIFF: the last chunk is odd with no pad byte
     chunks: list = field(default_factory=list, repr=False)   # (id, offset, size) of each chunk
@@ -161,7 +160,8 @@ def locate(fh, kind: str) -> Place:
     if len(ours) > 1:
         raise Unsupported("has more than one ID3 chunk")
     if ours and ours[0][0] in ID3_CHUNKS[kind]:
-        place.chunk, place.start, place.size = ours[0][1], ours[0][1] + 8, ours[0][2]
+        place.name, place.chunk, place.size = ours[0][0], ours[0][1], ours[0][2]
+        place.start = place.chunk + 8
     elif ours:
         raise Unsupported(f"its ID3 chunk is named {ours[0][0]!r}, which readers miss")
     return place
@@ -200,8 +200,8 @@ def write(fh, place: Place, data: bytes | None, unpadded: bool = False) -> None:
         fh.write(new)
         return
     order = "little" if place.kind == "wav" else "big"
-    chunk = b"" if data is None else (ID3_CHUNKS[place.kind][-1] + len(data).to_bytes(4, order)
-                                      + data + bytes(len(data) % 2))
+    name = place.name or ID3_CHUNKS[place.kind][-1]
+    chunk = b"" if data is None else name + len(data).to_bytes(4, order) + data + bytes(len(data) % 2)
     if place.chunk is None:                     # a new chunk at the end
         if data is None:
             return
@@ -218,33 +218,40 @@ def write(fh, place: Place, data: bytes | None, unpadded: bool = False) -> None:
     fh.write((place.end - 8 + len(new) - old).to_bytes(4, order))
 
 
-def audio_digest(fh, place: Place) -> bytes:
-    """A hash of every byte that is not the ID3 tag: an mp3's audio, APEv2 and ID3v1 after
-    the tag; a WAV/AIFF's form type and every other chunk (id, size, data), and anything
-    after its chunks."""
-    digest = hashlib.blake2b()
-
-    def add(start: int, size: int | None) -> None:
-        fh.seek(start)
-        left = size
-        while left is None or left > 0:
-            block = fh.read(1 << 20 if left is None else min(left, 1 << 20))
-            if not block:
-                break
-            digest.update(block)
-            if left is not None:
-                left -= len(block)
-
+def _regions(place: Place) -> list[tuple[bytes, int, int | None]]:
+    """(label, offset, size or None for "to the end") of every part of the file that is
+    not the ID3 tag: an mp3's audio, APEv2 and ID3v1 after the tag; a WAV/AIFF's form type,
+    every other chunk, and anything after its chunks."""
     if place.kind == "mp3":
-        add(place.size, None)
-        return digest.digest()
-    add(8, 4)
-    for cid, at, size in place.chunks:
-        if at != place.chunk:
-            digest.update(struct.pack(">4sI", cid, size))
-            add(at + 8, size)
-    add(place.end + place.unpadded, None)
-    return digest.digest()
+        return [(b"", place.size, None)]
+    chunks = [(cid + size.to_bytes(4, "big"), at + 8, size)
+              for cid, at, size in place.chunks if at != place.chunk]
+    return [(b"form", 8, 4)] + chunks + [(b"after", place.end + place.unpadded, None)]
+
+
+def same_audio(fa, place_a: Place, fb, place_b: Place) -> bool:
+    """True if two files (open, with their tags' places) are the same outside the tag."""
+    ra, rb = _regions(place_a), _regions(place_b)
+    return ([r[0] for r in ra] == [r[0] for r in rb]
+            and all(same_bytes(fa, at_a, fb, at_b, size)
+                    for (_, at_a, size), (_, at_b, _) in zip(ra, rb)))
+
+
+def same_bytes(fa, at_a: int, fb, at_b: int, size: int | None = None) -> bool:
+    """True if `size` bytes (None: up to the end) from at_a in fa equal those from at_b in fb."""
+    fa.seek(at_a)
+    fb.seek(at_b)
+    left = size
+    while left is None or left > 0:
+        n = 1 << 20 if left is None else min(left, 1 << 20)
+        block = fa.read(n)
+        if block != fb.read(n):
+            return False
+        if len(block) < n:
+            return True
+        if left is not None:
+            left -= n
+    return True
 
 
 def assemble(version: int, flags: int, body: bytes, size: int) -> bytes:

@@ -34,6 +34,7 @@ from mutagen.id3._tags import ID3Tags, save_frame     # raw frames: mutagen rend
 from mutagen.id3._util import ID3SaveConfig
 from mutagen.mp3 import MP3
 from mutagen.mp4 import MP4, AtomDataType, MP4FreeForm
+from mutagen.mp4._atom import Atoms           # the atom tree, to compare all but the tags
 from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
@@ -333,7 +334,8 @@ def restore_fields(path: str, backup: dict,
     made from its fields); an ID3v2 tag that tagger added, and that holds nothing else now,
     is removed again. before_replace as for write_fields. Raises TagError."""
     pairs = [tuple(kv) for kv in backup["fields"]]
-    version = backup["id3_version"] if backup.get("tagged") else None
+    # back to the file's own version; a v2.2 tag that an older tagger made v2.4 stays v2.4
+    version = backup["id3_version"] if backup["tagged"] and backup["id3_version"] in (3, 4) else None
     return _edit_tags(path, pairs, True, version, backup, before_replace)
 
 
@@ -355,7 +357,7 @@ def _edit_tags(path: str, pairs: Pairs, custom_too: bool, asked: int | None, bac
                 f.add_tags()
             table.put(f.tags, pairs, custom_too, backup)
             f.save(temp)
-        verify(path, temp, kept + list(pairs), version)
+        verify(path, temp, kept + list(pairs), version, kind)
     return replace_safely(path, edit, before_replace)
 
 
@@ -378,7 +380,8 @@ def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, ve
                     frames.insert(at, id3raw.Frame(fid, base64.b64decode(flags), base64.b64decode(data)))
             else:
                 at = drop.index(True) - sum(drop[:drop.index(True)]) if any(drop) else len(frames)
-                frames[at:at] = [_raw_frame(fr, version) for fr in _id3_frames(pairs, backup)]
+                new = [_raw_frame(fr, version) for fr in _id3_frames(pairs, backup)]
+                frames[at:at] = [fr for fr in new if fr is not None]
             tag.frames = frames
             body = b"".join(fr.render(version) for fr in frames)
             flags = tag.flags
@@ -394,9 +397,11 @@ def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, ve
         id3raw.write(fh, place, id3raw.assemble(version, flags, body, size))
 
 
-def _raw_frame(frame, version: int) -> id3raw.Frame:
+def _raw_frame(frame, version: int) -> id3raw.Frame | None:
     """A mutagen frame as raw bytes at v2.`version` (v2.2: the v2.3 payload, 3-letter id)."""
     data = save_frame(frame, config=ID3SaveConfig(3 if version == 2 else version, "/"))
+    if not data:                        # mutagen writes no frame for an empty text
+        return None
     if version == 2:
         return id3raw.Frame({"TCON": "TCO", "TXXX": "TXX"}[frame.FrameID], b"", data[10:])
     return id3raw.Frame(data[:4].decode("ascii"), data[8:10], data[10:])
@@ -416,39 +421,40 @@ def _convertible(tag: id3raw.Tag, tags, version: int) -> None:
 
 # -- verification: nothing but the managed fields changes --------------------------------------
 
-def verify(original: str, copy_: str, expected: Pairs, version: int | None = None) -> None:
+def verify(original: str, copy_: str, expected: Pairs, version: int | None = None,
+           kind: type | None = None) -> None:
     """Raise TagError unless the copy's managed fields read back as `expected` and
     everything else is the original's: for the ID3 formats every other raw frame byte for
     byte (with a version change, every other frame as mutagen reads it at that version)
     and every byte outside the tag; for the other formats every other field and metadata
-    block as mutagen reads them, and the demuxed audio packets."""
-    kind = type(_load(original)[0])
-    f, table, seen = _load(copy_, kind)
+    block as mutagen reads them, and the audio (see _same_audio)."""
+    kind = kind or type(_load(original)[0])
+    f, table, _ = _load(copy_, kind)
     got = table.managed(f.tags) if f.tags is not None else []
     if _normal(table, got, version) != _normal(table, expected, version):
         raise TagError("the new tags do not read back; left unchanged")
     if table is ID3_FIELDS:
         _verify_id3(original, copy_, kind, version)
         return
-    a, b = _others(mutagen.File(original)), _others(mutagen.File(copy_))
+    a, b = _others(kind(original)), _others(kind(copy_))
     if a != b:
         lost = next((k for k, v in a.items() if b.get(k) != v), None) or next(iter(b))
         raise TagError(f"would change {lost}; left unchanged")
-    if _packets(original) != _packets(copy_):
+    if not _same_audio(original, copy_, kind):
         raise TagError("would change the audio; left unchanged")
 
 
 def _normal(table, pairs: Pairs, version: int | None) -> list:
-    if table is ID3_FIELDS:             # v2.2 and v2.3 hold several values joined by "/"
-        grouped = _grouped([tuple(kv) for kv in pairs]).items()
-        return sorted((k, "/".join(v)) for k, v in grouped) if version in (2, 3) else sorted(map(tuple, pairs))
-    return sorted(map(tuple, pairs)) if table is MP4_FIELDS else [tuple(kv) for kv in pairs]
+    pairs = [tuple(kv) for kv in pairs]
+    if table is ID3_FIELDS and version in (2, 3):      # several values joined by "/"
+        return sorted((k, "/".join(v)) for k, v in _grouped(pairs).items())
+    return pairs if table is VORBIS_FIELDS else sorted(pairs)     # Vorbis: in file order
 
 
 def _verify_id3(original: str, copy_: str, kind: type, version: int | None) -> None:
     (a, where_a), (b, where_b) = _raw(original, kind), _raw(copy_, kind)
     with open(original, "rb") as fa, open(copy_, "rb") as fb:
-        if id3raw.audio_digest(fa, where_a) != id3raw.audio_digest(fb, where_b):
+        if not id3raw.same_audio(fa, where_a, fb, where_b):
             raise TagError("would change the audio; left unchanged")
     if a is None or b is None or b.version == a.version:
         mine, theirs = (a.others() if a else []), (b.others() if b else [])
@@ -499,16 +505,113 @@ def _others(f) -> dict:
     return out
 
 
+def _same_audio(original: str, copy_: str, kind: type) -> bool:
+    """FLAC: the bytes after the metadata blocks; Ogg: every page after the header pages
+    (but its sequence number and checksum, which a longer comment header changes) and the
+    header packets but the comments; MP4: the demuxed packets."""
+    if kind is FLAC:
+        with open(original, "rb") as fa, open(copy_, "rb") as fb:
+            return id3raw.same_bytes(fa, _flac_audio(fa), fb, _flac_audio(fb))
+    if kind in (OggVorbis, OggOpus):
+        headers = 3 if kind is OggVorbis else 2               # identification, comments, setup
+        return _ogg_audio(original, headers) == _ogg_audio(copy_, headers)
+    with open(original, "rb") as fa, open(copy_, "rb") as fb:
+        same = _mp4_same_audio(fa, fb)
+    return _packets(original) == _packets(copy_) if same is None else same
+
+
+def _mp4_same_audio(fa, fb) -> bool | None:
+    """MP4 without demuxing: every mdat's bytes, and every atom but the tags (moov.udta.meta)
+    and free space, the chunk offset tables (stco, co64) shifted by as much as their mdat
+    moved. None for a fragmented file (moof), which needs the demuxer."""
+    a, b = Atoms(fa), Atoms(fb)
+    if any(atom.name == b"moof" for atom in a.atoms + b.atoms):
+        return None
+    mdat_a = [m for m in a.atoms if m.name == b"mdat"]
+    mdat_b = [m for m in b.atoms if m.name == b"mdat"]
+    if [m.length for m in mdat_a] != [m.length for m in mdat_b] or not all(
+            id3raw.same_bytes(fa, x.offset, fb, y.offset, x.length) for x, y in zip(mdat_a, mdat_b)):
+        return False
+
+    def shift(offset: int) -> int:
+        for x, y in zip(mdat_a, mdat_b):
+            if x.offset <= offset < x.offset + x.length:
+                return offset - x.offset + y.offset
+        return offset
+
+    def leaves(fh, atoms, path=b"", moved=lambda o: o) -> list:
+        out = []
+        for atom in atoms:
+            where = path + b"." + atom.name
+            if atom.name in (b"free", b"skip", b"mdat") or where == b".moov.udta.meta":
+                continue
+            if atom.children is not None:
+                out += leaves(fh, atom.children, where, moved)
+                continue
+            data = atom.read(fh)[1]
+            if atom.name in (b"stco", b"co64"):
+                width = 4 if atom.name == b"stco" else 8
+                data = data[:8] + b"".join(
+                    moved(int.from_bytes(data[i:i + width], "big")).to_bytes(width, "big")
+                    for i in range(8, len(data), width))
+            out.append((where, data))
+        return out
+
+    return leaves(fa, a.atoms, moved=shift) == leaves(fb, b.atoms)
+
+
+def _flac_audio(fh) -> int:
+    """Where a FLAC file's frames start (after an ID3v2 tag, "fLaC" and the metadata blocks)."""
+    fh.seek(0)
+    head = fh.read(10)
+    at = 10 + id3raw.BitPaddedInt(head[6:10]) if head[:3] == b"ID3" else 0
+    fh.seek(at + 4)
+    last = 0
+    while not last:
+        block = fh.read(4)
+        if len(block) < 4:
+            raise TagError("its FLAC metadata blocks are damaged; left unchanged")
+        last = block[0] & 0x80
+        fh.seek(int.from_bytes(block[1:], "big"), 1)
+    return fh.tell()
+
+
+def _ogg_audio(path: str, headers: int) -> tuple[list, list]:
+    """(the first `headers` packets but the comments, every later page but its sequence
+    number and checksum)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    pages, at = [], 0
+    while at + 27 <= len(data) and data[at:at + 4] == b"OggS":
+        n = data[at + 26]
+        table = data[at + 27:at + 27 + n]
+        body = data[at + 27 + n:at + 27 + n + sum(table)]
+        pages.append((data[at + 4:at + 18], table, body))     # version, flags, granule, serial
+        at += 27 + n + sum(table)
+    if at != len(data):
+        raise TagError("its Ogg pages are damaged; left unchanged")
+    packets, current, first = [], b"", 0
+    while len(packets) < headers and first < len(pages):
+        _, table, body = pages[first]
+        pos = 0
+        for lace in table:
+            current += body[pos:pos + lace]
+            pos += lace
+            if lace < 255:
+                packets.append(current)
+                current = b""
+        first += 1
+    return packets[:1] + packets[2:] + [current], pages[first:]
+
+
 def _packets(path: str) -> bytes:
     """A hash of the demuxed audio packets (no decoding)."""
     digest = hashlib.blake2b()
     try:
         with av.open(path) as container:
             for packet in container.demux(container.streams.audio[0]):
-                if packet.size:
-                    digest.update(bytes(packet))
-                    digest.update(str((packet.pts, packet.dts)).encode())
-    except (av.FFmpegError, IndexError) as exc:
+                digest.update(bytes(packet))
+    except (av.error.FFmpegError, IndexError) as exc:
         raise TagError(f"cannot read the audio to check it ({exc}); left unchanged") from None
     return digest.digest()
 

@@ -163,3 +163,73 @@ def test_an_unreadable_tag_chunk_after_an_unpadded_chunk_is_refused(tmp_path):
     with pytest.raises(tags.TagError):
         tags.write_fields(str(path), [("TCON", "Jazz")], custom_too=False)
     assert path.read_bytes() == before
+
+
+def test_an_old_undo_record_without_raw_frames_still_restores(copies, hostile):
+    """Records saved before the raw bytes were kept: the fields come back as frames made
+    from them, and every other frame keeps its bytes."""
+    path = copies / "hostile23.mp3"
+    state = tags.read(str(path))
+    old = {k: v for k, v in state.backup().items() if k not in ("frames", "id3_size", "unpadded")}
+    tags.write_fields(str(path), state.planned(["Jazz"], [("TXXX:TAGGER_MODEL", "new")]),
+                      custom_too=True)
+    tags.restore_fields(str(path), old)
+    assert others(path) == others(hostile["hostile23.mp3"])
+    assert tags.read(str(path)).fields == state.fields == [("TCON", "Rock"),
+                                                          ("TXXX:TAGGER_MODEL", "old")]
+
+
+def test_verification_refuses_a_flac_copy_that_lost_its_picture(lib_flac):
+    def lose_the_picture(temp: str) -> None:
+        f = mutagen.File(temp)
+        f.clear_pictures()
+        f.save()
+        tags.verify(str(lib_flac), temp, tags.read(str(lib_flac)).fields)
+
+    before = lib_flac.read_bytes()
+    with pytest.raises(tags.TagError, match="would change metadata blocks"):
+        tags.replace_safely(str(lib_flac), lose_the_picture)
+    assert lib_flac.read_bytes() == before
+
+
+@pytest.fixture
+def lib_flac(tmp_path) -> Path:
+    from tagfixtures import make_fixtures
+    return make_fixtures(tmp_path / "fixtures")["picture.flac"]
+
+
+@pytest.mark.parametrize("ext", ["ogg", "opus", "m4a", "flac"])
+def test_a_comment_header_that_grows_by_pages_still_verifies(tmp_path, ext):
+    """Long TAGGER_ fields move the audio (Ogg pages renumbered, MP4 chunk offsets shifted):
+    the audio is still the same, and the verification says so."""
+    from conftest import write_track
+    path = write_track(tmp_path / f"x.{ext}", seconds=2.0, channels=2, kind="noise")
+    sound = payload(path)
+    state = tags.read(str(path))
+    long = [(state.table.custom_key("TAGGER_LONG"), "x" * 200_000)]
+    tags.write_fields(str(path), state.planned(["Jazz"], long), custom_too=True)
+    assert genres_of(path) == ["Jazz"] and payload(path) == sound
+    tags.restore_fields(str(path), state.backup())
+    assert genres_of(path) == [] and payload(path) == sound
+
+
+@pytest.mark.parametrize("ext", ["mp3", "wav", "aiff", "flac", "ogg", "opus", "m4a"])
+def test_verification_refuses_a_copy_whose_audio_changed(tmp_path, ext):
+    from conftest import write_track
+    path = write_track(tmp_path / f"x.{ext}", seconds=1.0, channels=2, kind="noise")
+    before = path.read_bytes()
+    state = tags.read(str(path))
+
+    at = len(before) // 2 if ext == "m4a" else len(before) - 10     # mp4 ends with its tags
+
+    def damage(temp: str) -> None:
+        with open(temp, "rb+") as fh:
+            fh.seek(at)
+            byte = fh.read(1)
+            fh.seek(at)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+        tags.verify(str(path), temp, state.fields)
+
+    with pytest.raises(tags.TagError, match="would change the audio"):
+        tags.replace_safely(str(path), damage)
+    assert path.read_bytes() == before

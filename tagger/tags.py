@@ -8,7 +8,12 @@ data in the index holds.
 
 A file is never modified in place: the change is made on a copy in the same folder (a
 hidden `.tagger-write-*.tmp`), flushed to disk, and renamed over the original, so that a
-crash or a kill at any moment leaves either the old file or the new one.
+crash or a kill at any moment leaves either the old file or the new one. Before the rename
+the copy is verified against the original (verify): its managed fields read back as
+written, every other frame, field and metadata block is the original's (for ID3, the raw
+frames byte for byte: tagger writes ID3 tags frame by frame, see tagger.id3raw), and its
+audio is the original's; and the original must not have changed since it was copied.
+Otherwise the copy is dropped and the file skipped with the reason.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import av
 import mutagen
 from mutagen.aiff import AIFF
 from mutagen.flac import FLAC
-from mutagen.id3 import TCON, TXXX
+from mutagen.id3 import TCON, TXXX, Frame, Frames_2_2
 from mutagen.id3._tags import ID3Tags, save_frame     # raw frames: mutagen renders them
 from mutagen.id3._util import ID3SaveConfig
 from mutagen.mp3 import MP3
@@ -413,10 +418,16 @@ def _convertible(tag: id3raw.Tag, tags, version: int) -> None:
     loaded = Counter(fr.FrameID for fr in tags.values()
                      if not (fr.FrameID in id3raw.GENRE_IDS
                              or (fr.FrameID in id3raw.CUSTOM_IDS and fr.desc.startswith(PREFIX))))
-    lost = Counter(fr.id for fr in tag.others()) - loaded
+    lost = Counter(_v23_id(fr.id) if tag.version == 2 else fr.id for fr in tag.others()) - loaded
     if lost:
         raise TagError(f"converting to ID3v2.{version} would lose frame{'s' * (len(lost) > 1)} "
                        f"{', '.join(sorted(lost))}; left unchanged")
+
+
+def _v23_id(fid: str) -> str:
+    """The id mutagen loads a v2.2 frame as (TT2 -> TIT2); a v2.2-only frame keeps its own."""
+    kind = Frames_2_2.get(fid)
+    return kind.__mro__[1].__name__ if kind and kind.__mro__[1] is not Frame else fid
 
 
 # -- verification: nothing but the managed fields changes --------------------------------------
@@ -437,6 +448,8 @@ def verify(original: str, copy_: str, expected: Pairs, version: int | None = Non
         _verify_id3(original, copy_, kind, version)
         return
     a, b = _others(kind(original)), _others(kind(copy_))
+    if "vendor" in b and "vendor" not in a:       # a new comment block: mutagen's own vendor
+        a.update(vendor=b["vendor"], comments=[])
     if a != b:
         lost = next((k for k, v in a.items() if b.get(k) != v), None) or next(iter(b))
         raise TagError(f"would change {lost}; left unchanged")
@@ -453,6 +466,8 @@ def _normal(table, pairs: Pairs, version: int | None) -> list:
 
 def _verify_id3(original: str, copy_: str, kind: type, version: int | None) -> None:
     (a, where_a), (b, where_b) = _raw(original, kind), _raw(copy_, kind)
+    if a is not None and b is not None and b.version != (version or a.version):
+        raise TagError(f"would write ID3v2.{b.version}, not v2.{version or a.version}; left unchanged")
     with open(original, "rb") as fa, open(copy_, "rb") as fb:
         if not id3raw.same_audio(fa, where_a, fb, where_b):
             raise TagError("would change the audio; left unchanged")

@@ -233,3 +233,16 @@ def test_verification_refuses_a_copy_whose_audio_changed(tmp_path, ext):
     with pytest.raises(tags.TagError, match="would change the audio"):
         tags.replace_safely(str(path), damage)
     assert path.read_bytes() == before
+
+
+def test_write_tags_id3v24_names_the_frames_it_would_lose(copies, hostile, tmp_path):
+    path = copies / "hostile23.mp3"
+    db = tmp_path / "index.db"
+    with Index(db) as index:
+        st = path.stat()
+        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    result = run("write-tags", "--db", db, "--overwrite", "--id3v24")
+    assert (f"{path}: converting to ID3v2.4 would lose frames COMM, RGAD, TXXX, USLT; "
+            "left unchanged\n") in result.stderr
+    assert "Wrote genres to 0 files: 0 unchanged, 0 below 50% confidence, 1 skipped." in result.stdout
+    assert path.read_bytes() == hostile["hostile23.mp3"].read_bytes()

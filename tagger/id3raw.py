@@ -13,10 +13,11 @@ a footer, v2.2 compression) raises Unsupported with the reason.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 from mutagen._util import resize_bytes
-from mutagen.id3._util import BitPaddedInt
+from mutagen.id3._util import BitPaddedInt, unsynch
 
 PREFIX = b"TAGGER_"
 GENRE_IDS = {"TCON", "TCO"}
@@ -33,6 +34,7 @@ class Frame:
     id: str
     flags: bytes            # b"" in v2.2
     data: bytes             # the payload as stored (compressed, unsynchronised... as it is)
+    version: int = field(default=4, compare=False)      # of the tag it was read from
 
     def render(self, version: int) -> bytes:
         return header(self.id, len(self.data), version, self.flags) + self.data
@@ -41,7 +43,29 @@ class Frame:
         """TCON, or a TXXX whose description starts with TAGGER_: tagger's own."""
         if self.id in GENRE_IDS:
             return True
-        return self.id in CUSTOM_IDS and (_description(self.data) or "").startswith("TAGGER_")
+        return self.id in CUSTOM_IDS and (_description(self.payload()) or "").startswith("TAGGER_")
+
+    def payload(self) -> bytes:
+        """The payload with the frame's flags undone (grouping byte, data length,
+        unsynchronisation, compression); b"" if encrypted or damaged."""
+        flags, data = int.from_bytes(self.flags or b"\0\0", "big"), self.data
+        try:
+            if self.version == 3:
+                if flags & 0x0040:
+                    return b""
+                if flags & 0x0080:
+                    data = data[4:]
+                return zlib.decompress(data[bool(flags & 0x0020):]) if flags & 0x0080 else \
+                    data[bool(flags & 0x0020):]
+            if self.version == 4:
+                if flags & 0x0004:
+                    return b""
+                data = data[bool(flags & 0x0040) + 4 * bool(flags & 0x0001):]
+                data = unsynch.decode(data) if flags & 0x0002 else data
+                return zlib.decompress(data) if flags & 0x0008 else data
+        except (zlib.error, ValueError):
+            return b""
+        return data
 
 
 def header(fid: str, size: int, version: int, flags: bytes = b"\0\0") -> bytes:
@@ -100,11 +124,8 @@ def parse(data: bytes) -> Tag:
             size = BitPaddedInt(data[at + 4:at + 8], bits=7 if version == 4 else 8)
         if at + head + size > end:
             raise Unsupported("its ID3 tag is damaged (a frame runs past the tag's end)")
-        frame = Frame(fid.decode("latin-1"), bytes(fflags), bytes(data[at + head:at + head + size]))
-        transformed = fflags and int.from_bytes(fflags, "big") & (0x000F if version == 4 else 0x00C0)
-        if frame.id in CUSTOM_IDS and transformed:
-            raise Unsupported(f"has a compressed or encrypted {frame.id} frame")
-        tag.frames.append(frame)
+        tag.frames.append(Frame(fid.decode("latin-1"), bytes(fflags),
+                                bytes(data[at + head:at + head + size]), version))
         at += head + size
     if any(data[at:end]):
         raise Unsupported("its ID3 tag has data after its frames, which tagger cannot keep")

@@ -382,7 +382,8 @@ def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, ve
             old = (backup or {}).get("frames")
             if old is not None and backup.get("id3_version") == version:
                 for at, fid, flags, data in old:        # ascending: each lands where it was
-                    frames.insert(at, id3raw.Frame(fid, base64.b64decode(flags), base64.b64decode(data)))
+                    frames.insert(at, id3raw.Frame(fid, base64.b64decode(flags),
+                                                   base64.b64decode(data), version))
             else:
                 at = drop.index(True) - sum(drop[:drop.index(True)]) if any(drop) else len(frames)
                 new = [_raw_frame(fr, version) for fr in _id3_frames(pairs, backup)]
@@ -408,8 +409,8 @@ def _raw_frame(frame, version: int) -> id3raw.Frame | None:
     if not data:                        # mutagen writes no frame for an empty text
         return None
     if version == 2:
-        return id3raw.Frame({"TCON": "TCO", "TXXX": "TXX"}[frame.FrameID], b"", data[10:])
-    return id3raw.Frame(data[:4].decode("ascii"), data[8:10], data[10:])
+        return id3raw.Frame({"TCON": "TCO", "TXXX": "TXX"}[frame.FrameID], b"", data[10:], 2)
+    return id3raw.Frame(data[:4].decode("ascii"), data[8:10], data[10:], version)
 
 
 def _convertible(tag: id3raw.Tag, tags, version: int) -> None:

@@ -246,3 +246,31 @@ def test_write_tags_id3v24_names_the_frames_it_would_lose(copies, hostile, tmp_p
             "left unchanged\n") in result.stderr
     assert "Wrote genres to 0 files: 0 unchanged, 0 below 50% confidence, 1 skipped." in result.stdout
     assert path.read_bytes() == hostile["hostile23.mp3"].read_bytes()
+
+
+def test_frames_with_flags_keep_their_bytes_and_ours_are_found_inside(tmp_path):
+    """v2.4 frame flags: tagger's own TXXX compressed with a data length indicator is found
+    and replaced; another, unsynchronised, keeps its bytes (mutagen would rewrite it plain)."""
+    import zlib
+    from tagfixtures import BARE_MP3, _audio, id3_frame, synth
+    inner = b"\x00TAGGER_MODEL\x00old"
+    frames = [id3_frame("TIT2", b"\x00Title", 4),
+              id3_frame("TXXX", bytes([0, 0, 0, len(inner)]) + zlib.compress(inner), 4, flags=0x0009),
+              id3_frame("TXXX", b"\x00OTHER\x00\xff\x00\xe0", 4, flags=0x0002)]
+    body = b"".join(frames) + bytes(32)
+    tag = b"ID3\x04\x00\x00" + bytes([0, 0, len(body) >> 7, len(body) & 0x7F]) + body
+    path = synth.encode(tmp_path / "flags.mp3", _audio(), 22050, options=BARE_MP3)
+    path.write_bytes(tag + path.read_bytes())
+    before = path.read_bytes()
+    state = tags.read(str(path))
+    assert state.fields == [("TXXX:TAGGER_MODEL", "old")]
+    tags.write_fields(str(path), state.planned(["Jazz"], [("TXXX:TAGGER_MODEL", "new")]),
+                      custom_too=True)
+    assert others(path) == others_of(before) and len(others_of(before)) == 2
+    assert tags.read(str(path)).fields == [("TCON", "Jazz"), ("TXXX:TAGGER_MODEL", "new")]
+    tags.restore_fields(str(path), state.backup())
+    assert path.read_bytes() == before
+
+
+def others_of(data: bytes) -> list:
+    return [f for f in raw_frames(data)[1] if f[0] != b"TXXX" or b"OTHER" in f[2]]

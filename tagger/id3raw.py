@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from mutagen._util import resize_bytes
 from mutagen.id3._util import BitPaddedInt, unsynch
 
-PREFIX = b"TAGGER_"
+PREFIX = "TAGGER_"                  # the custom fields tagger writes, as in tagger.tags
 GENRE_IDS = {"TCON", "TCO"}
 CUSTOM_IDS = {"TXXX", "TXX"}
 NEW_TAG_PADDING = 1024
@@ -43,7 +43,7 @@ class Frame:
         """TCON, or a TXXX whose description starts with TAGGER_: tagger's own."""
         if self.id in GENRE_IDS:
             return True
-        return self.id in CUSTOM_IDS and (_description(self.payload()) or "").startswith("TAGGER_")
+        return self.id in CUSTOM_IDS and (_description(self.payload()) or "").startswith(PREFIX)
 
     def payload(self) -> bytes:
         """The payload with the frame's flags undone (grouping byte, data length,
@@ -171,12 +171,12 @@ def locate(fh, kind: str) -> Place:
         cid, raw = fh.read(4), fh.read(4)
         size = int.from_bytes(raw, "little" if little else "big")
         if at + 8 + size > place.end:
-            raise Unsupported("a chunk runs past the end of the file")
+            raise Unsupported(_damaged(place))
         place.chunks.append((cid, at, size))
         at += 8 + size + size % 2
     place.unpadded = at == place.end + 1
     if at not in (place.end, place.end + 1):
-        raise Unsupported("its chunk list does not end where the file says")
+        raise Unsupported(_damaged(place))
     ours = [c for c in place.chunks if c[0] in (b"ID3 ", b"id3 ")]
     if len(ours) > 1:
         raise Unsupported("has more than one ID3 chunk")
@@ -186,6 +186,13 @@ def locate(fh, kind: str) -> Place:
     elif ours:
         raise Unsupported(f"its ID3 chunk is named {ours[0][0]!r}, which readers miss")
     return place
+
+
+def _damaged(place: Place) -> str:
+    if any(size % 2 for _, _, size in place.chunks):
+        return ("a chunk follows an odd-sized chunk without its pad byte, where readers miss it "
+                "(older taggers wrote such files)")
+    return "its chunk sizes do not match the file"
 
 
 def read(fh, kind: str) -> tuple[Tag | None, Place]:

@@ -160,7 +160,7 @@ def test_an_unreadable_tag_chunk_after_an_unpadded_chunk_is_refused(tmp_path):
     path = tmp_path / "bad.wav"
     odd_wav(path, tag=id3_tag([("TIT2", b"\x00x")], 3))    # the id3 chunk sits at an odd offset
     before = path.read_bytes()
-    with pytest.raises(tags.TagError):
+    with pytest.raises(tags.TagError, match="a chunk follows an odd-sized chunk without its pad byte"):
         tags.write_fields(str(path), [("TCON", "Jazz")], custom_too=False)
     assert path.read_bytes() == before
 

@@ -47,7 +47,7 @@ from mutagen.wave import WAVE
 from tagger import id3raw
 from tagger.errors import TagError
 
-PREFIX = "TAGGER_"                  # every custom field tagger writes starts with this
+PREFIX = id3raw.PREFIX               # every custom field tagger writes starts with this
 TEMP_PREFIX, TEMP_SUFFIX = ".tagger-write-", ".tmp"
 
 Pairs = list[tuple[str, str]]

@@ -17,6 +17,8 @@ import zlib
 from dataclasses import dataclass, field
 
 from mutagen._util import resize_bytes
+from mutagen.id3._frames import Frames
+from mutagen.id3._tags import determine_bpi          # iTunes' non-syncsafe v2.4 frame sizes
 from mutagen.id3._util import BitPaddedInt, unsynch
 
 PREFIX = "TAGGER_"                  # the custom fields tagger writes, as in tagger.tags
@@ -36,8 +38,8 @@ class Frame:
     data: bytes             # the payload as stored (compressed, unsynchronised... as it is)
     version: int = field(default=4, compare=False)      # of the tag it was read from
 
-    def render(self, version: int) -> bytes:
-        return header(self.id, len(self.data), version, self.flags) + self.data
+    def render(self, version: int, bits: int = 7) -> bytes:
+        return header(self.id, len(self.data), version, self.flags, bits) + self.data
 
     def managed(self) -> bool:
         """TCON, or a TXXX whose description starts with TAGGER_: tagger's own."""
@@ -68,10 +70,11 @@ class Frame:
         return data
 
 
-def header(fid: str, size: int, version: int, flags: bytes = b"\0\0") -> bytes:
+def header(fid: str, size: int, version: int, flags: bytes = b"\0\0", bits: int = 7) -> bytes:
+    """A frame header; v2.4 sizes are syncsafe (bits 7) unless the tag's are not (iTunes)."""
     if version == 2:
         return fid.encode("latin-1") + size.to_bytes(3, "big")
-    bits = 7 if version == 4 else 8
+    bits = bits if version == 4 else 8
     return fid.encode("latin-1") + BitPaddedInt.to_str(size, width=4, bits=bits) + flags
 
 
@@ -91,6 +94,10 @@ class Tag:
     version: int                        # 2, 3 or 4
     flags: int                          # the header's flag byte
     frames: list[Frame] = field(default_factory=list)
+    bits: int = 7                       # v2.4 frame sizes: syncsafe, or 8 as iTunes wrote them
+
+    def body(self) -> bytes:
+        return b"".join(f.render(self.version, self.bits) for f in self.frames)
 
     def others(self) -> list[Frame]:
         return [f for f in self.frames if not f.managed()]
@@ -116,12 +123,14 @@ def parse(data: bytes) -> Tag:
     end = min(len(data), 10 + BitPaddedInt(data[6:10]))
     head = 6 if version == 2 else 10
     tag, at = Tag(version, flags), 10
+    if version == 4 and determine_bpi(data[10:end], Frames) is int:
+        tag.bits = 8
     while at + head <= end and data[at] != 0:
         if version == 2:
             fid, fflags, size = data[at:at + 3], b"", int.from_bytes(data[at + 3:at + 6], "big")
         else:
             fid, fflags = data[at:at + 4], data[at + 8:at + 10]
-            size = BitPaddedInt(data[at + 4:at + 8], bits=7 if version == 4 else 8)
+            size = BitPaddedInt(data[at + 4:at + 8], bits=tag.bits if version == 4 else 8)
         if at + head + size > end:
             raise Unsupported("its ID3 tag is damaged (a frame runs past the tag's end)")
         tag.frames.append(Frame(fid.decode("latin-1"), bytes(fflags),

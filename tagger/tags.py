@@ -389,8 +389,7 @@ def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, ve
                 new = [_raw_frame(fr, version) for fr in _id3_frames(pairs, backup)]
                 frames[at:at] = [fr for fr in new if fr is not None]
             tag.frames = frames
-            body = b"".join(fr.render(version) for fr in frames)
-            flags = tag.flags
+            body, flags = tag.body(), tag.flags
         else:
             _convertible(tag, f.tags, version)
             ID3_FIELDS.put(f.tags, pairs, custom_too, backup)

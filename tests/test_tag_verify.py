@@ -274,3 +274,22 @@ def test_frames_with_flags_keep_their_bytes_and_ours_are_found_inside(tmp_path):
 
 def others_of(data: bytes) -> list:
     return [f for f in raw_frames(data)[1] if f[0] != b"TXXX" or b"OTHER" in f[2]]
+
+
+def test_itunes_v24_sizes_that_are_not_syncsafe_are_kept(tmp_path):
+    """iTunes wrote v2.4 frame sizes as plain integers; mutagen reads them (by a guess that
+    tagger reuses), and tagger writes the tag back the same way."""
+    from tagfixtures import BARE_MP3, _audio, synth
+    frames = [("TIT2", b"\x00" + b"L" * 300), ("TCON", b"\x00Rock"), ("TPE1", b"\x00" + b"A" * 199)]
+    body = b"".join(fid.encode() + len(d).to_bytes(4, "big") + b"\0\0" + d for fid, d in frames)
+    body += bytes(40)
+    tag = b"ID3\x04\x00\x00" + bytes((len(body) >> s) & 0x7F for s in (21, 14, 7, 0)) + body
+    path = synth.encode(tmp_path / "itunes.mp3", _audio(), 22050, options=BARE_MP3)
+    path.write_bytes(tag + path.read_bytes())
+    before = path.read_bytes()
+    state = tags.read(str(path))
+    tags.write_fields(str(path), state.planned(["Jazz"]), custom_too=False)
+    assert genres_of(path) == ["Jazz"] and mutagen.File(path).tags["TIT2"].text == ["L" * 300]
+    assert path.read_bytes()[10:10 + 10 + 301] == before[10:10 + 10 + 301]
+    tags.restore_fields(str(path), state.backup())
+    assert path.read_bytes() == before

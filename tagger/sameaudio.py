@@ -24,7 +24,8 @@ def same_audio(original: str, copy_: str, kind: type) -> bool:
     """True if a copy that mutagen saved (`kind`: its file type) has the original's audio.
     FLAC: the bytes after the metadata blocks; Ogg: every page after the header pages
     (but its sequence number and checksum, which a longer comment header changes) and the
-    header packets but the comments; MP4: the demuxed packets."""
+    header packets but the comments; MP4: the mdat bytes and the sample tables (see
+    _mp4_same_audio). Raises TagError if the original's pages or blocks are damaged."""
     if kind is FLAC:
         with open(original, "rb") as fa, open(copy_, "rb") as fb:
             return id3raw.same_bytes(fa, _flac_audio(fa), fb, _flac_audio(fb))

@@ -464,8 +464,9 @@ def _normal(table, pairs: Pairs, version: int | None) -> list:
 
 def _verify_id3(original: str, copy_: str, kind: type, version: int | None) -> None:
     (a, where_a), (b, where_b) = _raw(original, kind), _raw(copy_, kind)
-    if a is not None and b is not None and b.version != (version or a.version):
-        raise TagError(f"would write ID3v2.{b.version}, not v2.{version or a.version}; left unchanged")
+    meant = version or (a.version if a else None)
+    if b is not None and meant and b.version != meant:
+        raise TagError(f"would write ID3v2.{b.version}, not v2.{meant}; left unchanged")
     with open(original, "rb") as fa, open(copy_, "rb") as fb:
         if not id3raw.same_audio(fa, where_a, fb, where_b):
             raise TagError("would change the audio; left unchanged")

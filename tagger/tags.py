@@ -8,35 +8,44 @@ data in the index holds.
 
 A file is never modified in place: the change is made on a copy in the same folder (a
 hidden `.tagger-write-*.tmp`), flushed to disk, and renamed over the original, so that a
-crash or a kill at any moment leaves either the old file or the new one.
+crash or a kill at any moment leaves either the old file or the new one. Before the rename
+the copy is verified against the original (verify): its managed fields read back as
+written, every other frame, field and metadata block is the original's (for ID3, the raw
+frames byte for byte: tagger writes ID3 tags frame by frame, see tagger.id3raw), and its
+audio is the original's; and the original must not have changed since it was copied.
+Otherwise the copy is dropped and the file skipped with the reason.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
+import hashlib
 import os
 import shutil
 import stat
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import mutagen
 from mutagen.aiff import AIFF
 from mutagen.flac import FLAC
-from mutagen.id3 import TCON, TXXX, delete as delete_id3
-from mutagen.id3._id3v1 import find_id3v1   # mutagen has no public way to keep v1 bytes
-from mutagen.id3._tags import ID3Tags
+from mutagen.id3 import TCON, TXXX, Frame, Frames_2_2
+from mutagen.id3._tags import ID3Tags, save_frame     # raw frames: mutagen renders them
+from mutagen.id3._util import ID3SaveConfig
 from mutagen.mp3 import MP3
 from mutagen.mp4 import MP4, AtomDataType, MP4FreeForm
 from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
+from tagger import id3raw, sameaudio
 from tagger.errors import TagError
 
-PREFIX = "TAGGER_"                  # every custom field tagger writes starts with this
+PREFIX = id3raw.PREFIX               # every custom field tagger writes starts with this
 TEMP_PREFIX, TEMP_SUFFIX = ".tagger-write-", ".tmp"
 
 Pairs = list[tuple[str, str]]
@@ -44,16 +53,22 @@ Pairs = list[tuple[str, str]]
 
 class _ID3Fields:
     """ID3v2 (mp3, and the ID3 chunk of wav and aiff): one TCON frame with several values,
-    custom fields as TXXX frames."""
+    custom fields as TXXX frames (TCO and TXX in v2.2, under the same keys here)."""
     name, genre_key = "id3", "TCON"
 
     def custom_key(self, name: str) -> str:
         return f"TXXX:{name}"
 
+    def _ours(self, tags) -> list:
+        genre = [f for f in tags.values() if f.FrameID in id3raw.GENRE_IDS]
+        return genre + [f for f in tags.values()
+                        if f.FrameID in id3raw.CUSTOM_IDS and f.desc.startswith(PREFIX)]
+
+    def _key(self, frame) -> str:
+        return "TCON" if frame.FrameID in id3raw.GENRE_IDS else f"TXXX:{frame.desc}"
+
     def managed(self, tags) -> Pairs:
-        pairs = [("TCON", t) for f in tags.getall("TCON") for t in f.text]
-        return pairs + [(f"TXXX:{f.desc}", str(t)) for f in tags.getall("TXXX")
-                        if f.desc.startswith(PREFIX) for t in f.text]
+        return [(self._key(f), str(t)) for f in self._ours(tags) for t in f.text]
 
     def genres(self, tags) -> list[str]:
         """What a reader sees: ID3v1-style numbers resolved ('(17)' is Rock), no split on '/'."""
@@ -61,24 +76,23 @@ class _ID3Fields:
 
     def details(self, tags) -> dict:
         """For the undo record: the text encoding of each frame that managed() reads, by key."""
-        return {"encodings": {f.HashKey: int(f.encoding)
-                              for f in tags.getall("TCON") + tags.getall("TXXX")
-                              if f.FrameID == "TCON" or f.desc.startswith(PREFIX)}}
+        return {"encodings": {self._key(f): int(f.encoding) for f in self._ours(tags)}}
 
     def put(self, tags, pairs: Pairs, custom_too: bool, backup: dict | None = None) -> None:
         """A restore's backup gives a frame back its own text encoding; new ones are UTF-8."""
-        encodings = (backup or {}).get("encodings") or {}
-        tags.delall("TCON")
-        if custom_too:
-            for f in tags.getall("TXXX"):
-                if f.desc.startswith(PREFIX):
-                    del tags[f.HashKey]
-        for key, values in _grouped(pairs).items():
-            if key == "TCON":
-                tags.add(TCON(encoding=encodings.get(key, 3), text=values))
-            else:
-                tags.add(TXXX(encoding=encodings.get(key, 3), desc=key.removeprefix("TXXX:"),
-                              text=values))
+        for f in self._ours(tags):
+            if f.FrameID in id3raw.GENRE_IDS or custom_too:
+                del tags[f.HashKey]
+        for frame in _id3_frames(pairs, backup):
+            tags.add(frame)
+
+
+def _id3_frames(pairs: Pairs, backup: dict | None = None) -> list:
+    """mutagen frames holding `pairs` (a restore's backup gives each its own encoding)."""
+    encodings = (backup or {}).get("encodings") or {}
+    return [TCON(encoding=encodings.get(key, 3), text=values) if key == "TCON" else
+            TXXX(encoding=encodings.get(key, 3), desc=key.removeprefix("TXXX:"), text=values)
+            for key, values in _grouped(pairs).items()]
 
 
 class _VorbisFields:
@@ -190,8 +204,8 @@ class TagState:
     def holds(self, genres: Sequence[str], custom: Pairs | None,
               id3_version: int | None = None) -> bool:
         """True if the file already has exactly these genres (and, unless custom is None,
-        these TAGGER_ fields); ID3v2.3 holds several genres as one "/"-joined value."""
-        v23 = self.table is ID3_FIELDS and _target_version(self, id3_version) == 3
+        these TAGGER_ fields); ID3v2.3 (and 2.2) holds several genres as one "/"-joined value."""
+        v23 = self.table is ID3_FIELDS and _target_version(self, id3_version) in (2, 3)
         want = ["/".join(genres)] if v23 and genres else list(genres)
         mine = [kv for kv in self.fields if not _is_genre(self.table, kv[0])]
         return self.genres == want and (custom is None or sorted(mine) == sorted(custom))
@@ -241,8 +255,34 @@ def _state(f, table, seen: list[str]) -> TagState:
 
 
 def read(path: str) -> TagState:
-    """The genre and TAGGER_ fields of one file. Raises TagError."""
-    return _state(*_load(path))
+    """The genre and TAGGER_ fields of one file. For the ID3 formats the undo record also
+    keeps the raw bytes and places of tagger's frames, and the tag's size, so that a
+    restore gives back the very bytes. Raises TagError."""
+    f, table, seen = _load(path)
+    state = _state(f, table, seen)
+    if table is ID3_FIELDS:
+        tag, place = _raw(path, type(f))
+        state.details["frames"] = [[i, fr.id, _b64(fr.flags), _b64(fr.data)]
+                                   for i, fr in enumerate(tag.frames if tag else []) if fr.managed()]
+        state.details["id3_size"], state.details["unpadded"] = place.size, place.unpadded
+    return state
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+_RAW_KINDS = {MP3: "mp3", WAVE: "wav", AIFF: "aiff"}
+
+
+def _raw(path: str, kind: type) -> tuple[id3raw.Tag | None, id3raw.Place]:
+    try:
+        with open(path, "rb") as fh:
+            return id3raw.read(fh, _RAW_KINDS[kind])
+    except id3raw.Unsupported as exc:
+        raise TagError(f"{exc}; left unchanged", path) from None
+    except OSError as exc:
+        raise _wrap(path, exc) from None
 
 
 def custom_fields(state: TagState, probabilities: dict[str, float], model_id: str) -> Pairs:
@@ -251,25 +291,6 @@ def custom_fields(state: TagState, probabilities: dict[str, float], model_id: st
     pairs = [(table.custom_key(f"{PREFIX}MODEL"), model_id)]
     return pairs + [(table.custom_key(f"{PREFIX}PROB_{g.upper()}"), f"{p:.4f}")
                     for g, p in sorted(probabilities.items())]
-
-
-def _save(f, table, path: str, state: TagState, id3_version: int) -> None:
-    """Save f (opened on `path`, whose fields were `state`), as ID3v2.`id3_version` for the
-    ID3 formats. An ID3v1 tag at the end of an mp3 (and APEv2, which comes before it) keeps
-    its bytes: mutagen can only rewrite or drop v1, so it is dropped and put back as it was."""
-    if table is not ID3_FIELDS:
-        f.save(path)
-        return
-    if state.id3_version != id3_version:    # a new tag, or a version change that was asked for
-        _convert(f.tags, id3_version)
-    if not isinstance(f, MP3):
-        f.tags.save(path, v2_version=id3_version, v23_sep="/")
-        return
-    v1 = _id3v1_bytes(path)
-    f.tags.save(path, v1=0, v2_version=id3_version, v23_sep="/")
-    if v1:
-        with open(path, "ab") as fh:
-            fh.write(v1)
 
 
 def _convert(tags, version: int) -> None:
@@ -295,21 +316,9 @@ def _convert(tags, version: int) -> None:
             tags.add(frame)
 
 
-def _id3v1_bytes(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        _, offset = find_id3v1(fh)
-        if not offset:
-            return b""
-        fh.seek(offset, 2)
-        return fh.read()
-
-
 def _target_version(state: TagState, asked: int | None) -> int:
-    """The ID3v2 version to save: as asked, else the file's own, else 2.4 (2.2 cannot be
-    written, so it becomes 2.4)."""
-    if asked:
-        return asked
-    return state.id3_version if state.id3_version in (3, 4) else 4
+    """The ID3v2 version to save: as asked, else the file's own (2.2 included), else 2.4."""
+    return asked or state.id3_version or 4
 
 
 def write_fields(path: str, pairs: Pairs, custom_too: bool, id3_version: int | None = None,
@@ -318,43 +327,196 @@ def write_fields(path: str, pairs: Pairs, custom_too: bool, id3_version: int | N
     safely. id3_version 3 or 4 converts an existing ID3v2 tag; None keeps its version (2.4
     for a new tag). before_replace(stat of the new file) runs just before it takes the
     original's place. Returns the file's new stat. Raises TagError."""
-    def change(f, table, state: TagState, temp: str) -> None:
-        table.put(f.tags, pairs, custom_too)
-        _save(f, table, temp, state, _target_version(state, id3_version))
-    return _edit_tags(path, change, before_replace)
+    return _edit_tags(path, pairs, custom_too, id3_version, None, before_replace)
 
 
 def restore_fields(path: str, backup: dict,
                    before_replace: Callable[[os.stat_result], None] = lambda st: None) -> os.stat_result:
-    """Put back the fields of a TagState.backup(); an ID3v2 tag that tagger added, and that
-    holds nothing else now, is removed again. before_replace as for write_fields. Raises
-    TagError."""
+    """Put back the fields of a TagState.backup(): for the ID3 formats the frames' own bytes
+    in their own places when the tag has its old version (a record without them: frames
+    made from its fields); an ID3v2 tag that tagger added, and that holds nothing else now,
+    is removed again. before_replace as for write_fields. Raises TagError."""
     pairs = [tuple(kv) for kv in backup["fields"]]
-
-    def change(f, table, state: TagState, temp: str) -> None:
-        table.put(f.tags, pairs, custom_too=True, backup=backup)
-        if table is ID3_FIELDS and not backup["tagged"] and len(f.tags) == 0:
-            if isinstance(f, MP3):
-                delete_id3(temp, delete_v1=False, delete_v2=True)
-            else:
-                f.delete(temp)
-            return
-        version = backup["id3_version"] if backup["id3_version"] in (3, 4) else None
-        _save(f, table, temp, state, _target_version(state, version))
-    return _edit_tags(path, change, before_replace)
+    # back to the file's own version; a v2.2 tag that an older tagger made v2.4 stays v2.4
+    version = backup["id3_version"] if backup["tagged"] and backup["id3_version"] in (3, 4) else None
+    return _edit_tags(path, pairs, True, version, backup, before_replace)
 
 
-def _edit_tags(path: str, change: Callable, before_replace=lambda st: None) -> os.stat_result:
-    """change(mutagen file, field table, TagState before, copy's path) on a safe copy."""
+def _edit_tags(path: str, pairs: Pairs, custom_too: bool, asked: int | None, backup: dict | None,
+               before_replace=lambda st: None) -> os.stat_result:
+    """Put `pairs` in place of the managed fields on a safe copy, and verify the copy."""
     kind = type(_load(path)[0])             # the copy's name does not tell mutagen the type
 
     def edit(temp: str) -> None:
         f, table, seen = _load(temp, kind)
         state = _state(f, table, seen)
-        if f.tags is None:
-            f.add_tags()
-        change(f, table, state, temp)
+        kept = [kv for kv in state.fields if not (custom_too or _is_genre(table, kv[0]))]
+        version = None
+        if table is ID3_FIELDS:
+            version = _target_version(state, asked)
+            _write_id3(temp, f, state, pairs, custom_too, version, backup)
+        else:
+            if f.tags is None:
+                f.add_tags()
+            table.put(f.tags, pairs, custom_too, backup)
+            f.save(temp)
+        verify(path, temp, kept + list(pairs), version, kind)
     return replace_safely(path, edit, before_replace)
+
+
+def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, version: int,
+               backup: dict | None) -> None:
+    """At the tag's own version, frame by frame: tagger's frames are dropped, the new ones
+    (a restore: the old ones' bytes) go where the first genre frame was, and every other
+    frame keeps its bytes. A version change goes through mutagen, unless it would lose a
+    frame that mutagen cannot read or keeps only one of."""
+    with open(temp, "rb+") as fh:
+        tag, place = id3raw.read(fh, _RAW_KINDS[type(f)])
+        keep = (backup or {}).get("id3_size")
+        if tag is None or tag.version == version:
+            tag = tag or id3raw.Tag(version, 0)
+            drop = [fr.managed() and (custom_too or fr.id in id3raw.GENRE_IDS) for fr in tag.frames]
+            frames = [fr for fr, d in zip(tag.frames, drop) if not d]
+            old = (backup or {}).get("frames")
+            if old is not None and backup.get("id3_version") == version:
+                for at, fid, flags, data in old:        # ascending: each lands where it was
+                    frames.insert(at, id3raw.Frame(fid, base64.b64decode(flags),
+                                                   base64.b64decode(data), version))
+            else:
+                at = drop.index(True) - sum(drop[:drop.index(True)]) if any(drop) else len(frames)
+                new = [_raw_frame(fr, version) for fr in _id3_frames(pairs, backup)]
+                frames[at:at] = [fr for fr in new if fr is not None]
+            tag.frames = frames
+            body, flags = tag.body(), tag.flags
+        else:
+            _convertible(tag, f.tags, version)
+            ID3_FIELDS.put(f.tags, pairs, custom_too, backup)
+            _convert(f.tags, version)
+            body, flags = bytes(f.tags._write(ID3SaveConfig(version, "/"))), 0
+        if backup is not None and not backup["tagged"] and not body:
+            id3raw.write(fh, place, None, unpadded=backup.get("unpadded", False))
+            return
+        size = id3raw.tag_size(10 + len(body), place, keep)
+        id3raw.write(fh, place, id3raw.assemble(version, flags, body, size))
+
+
+def _raw_frame(frame, version: int) -> id3raw.Frame | None:
+    """A mutagen frame as raw bytes at v2.`version` (v2.2: the v2.3 payload, 3-letter id)."""
+    data = save_frame(frame, config=ID3SaveConfig(3 if version == 2 else version, "/"))
+    if not data:                        # mutagen writes no frame for an empty text
+        return None
+    if version == 2:
+        return id3raw.Frame({"TCON": "TCO", "TXXX": "TXX"}[frame.FrameID], b"", data[10:], 2)
+    return id3raw.Frame(data[:4].decode("ascii"), data[8:10], data[10:], version)
+
+
+def _convertible(tag: id3raw.Tag, tags, version: int) -> None:
+    """Refuse a version change that would lose a frame mutagen could not read (unknown,
+    damaged) or kept one of (two lyrics with the same language and description)."""
+    loaded = Counter(fr.FrameID for fr in tags.values()
+                     if not (fr.FrameID in id3raw.GENRE_IDS
+                             or (fr.FrameID in id3raw.CUSTOM_IDS and fr.desc.startswith(PREFIX))))
+    lost = Counter(_v23_id(fr.id) if tag.version == 2 else fr.id for fr in tag.others()) - loaded
+    if lost:
+        raise TagError(f"converting to ID3v2.{version} would lose frame{'s' * (len(lost) > 1)} "
+                       f"{', '.join(sorted(lost))}; left unchanged")
+
+
+def _v23_id(fid: str) -> str:
+    """The id mutagen loads a v2.2 frame as (TT2 -> TIT2); a v2.2-only frame keeps its own."""
+    kind = Frames_2_2.get(fid)
+    return kind.__mro__[1].__name__ if kind and kind.__mro__[1] is not Frame else fid
+
+
+# -- verification: nothing but the managed fields changes --------------------------------------
+
+def verify(original: str, copy_: str, expected: Pairs, version: int | None = None,
+           kind: type | None = None) -> None:
+    """Raise TagError unless the copy's managed fields read back as `expected` and
+    everything else is the original's: for the ID3 formats every other raw frame byte for
+    byte (with a version change, every other frame as mutagen reads it at that version)
+    and every byte outside the tag; for the other formats every other field and metadata
+    block as mutagen reads them, and the audio (tagger.sameaudio)."""
+    kind = kind or type(_load(original)[0])
+    f, table, _ = _load(copy_, kind)
+    got = table.managed(f.tags) if f.tags is not None else []
+    if _normal(table, got, version) != _normal(table, expected, version):
+        raise TagError("the new tags do not read back; left unchanged")
+    if table is ID3_FIELDS:
+        _verify_id3(original, copy_, kind, version)
+        return
+    a, b = _others(kind(original)), _others(kind(copy_))
+    if "vendor" in b and "vendor" not in a:       # a new comment block: mutagen's own vendor
+        a.update(vendor=b["vendor"], comments=[])
+    if a != b:
+        lost = next((k for k, v in a.items() if b.get(k) != v), None) or next(iter(b))
+        raise TagError(f"would change {lost}; left unchanged")
+    if not sameaudio.same_audio(original, copy_, kind):
+        raise TagError("would change the audio; left unchanged")
+
+
+def _normal(table, pairs: Pairs, version: int | None) -> list:
+    pairs = [tuple(kv) for kv in pairs]
+    if table is ID3_FIELDS and version in (2, 3):      # several values joined by "/"
+        return sorted((k, "/".join(v)) for k, v in _grouped(pairs).items())
+    return pairs if table is VORBIS_FIELDS else sorted(pairs)     # Vorbis: in file order
+
+
+def _verify_id3(original: str, copy_: str, kind: type, version: int | None) -> None:
+    (a, where_a), (b, where_b) = _raw(original, kind), _raw(copy_, kind)
+    meant = version or (a.version if a else None)
+    if b is not None and meant and b.version != meant:
+        raise TagError(f"would write ID3v2.{b.version}, not v2.{meant}; left unchanged")
+    with open(original, "rb") as fa, open(copy_, "rb") as fb:
+        if not id3raw.same_audio(fa, where_a, fb, where_b):
+            raise TagError("would change the audio; left unchanged")
+    if a is None or b is None or b.version == a.version:
+        mine, theirs = (a.others() if a else []), (b.others() if b else [])
+    else:                               # a version change: compare what mutagen reads
+        mine, theirs = _view(original, kind, version), _view(copy_, kind, version)
+    if mine != theirs:
+        raise TagError(f"would {_difference(mine, theirs)}; left unchanged")
+
+
+def _difference(mine: list, theirs: list) -> str:
+    """'lose frame USLT; change frame TIT2': how two frame lists differ, by frame id."""
+    count = lambda frames: Counter(fr.id for fr in frames)      # noqa: E731
+    a, b = count(mine), count(theirs)
+    changed = [fr.id for fr in (Counter(mine) - Counter(theirs)) if a[fr.id] <= b[fr.id]]
+    parts = [(verb, list(dict.fromkeys(ids))) for verb, ids in
+             (("lose", [i for i in a if a[i] > b[i]]), ("change", changed),
+              ("add", [i for i in b if b[i] > a[i]]))]
+    said = [f"{verb} frame{'s' * (len(ids) > 1)} {', '.join(ids)}" for verb, ids in parts if ids]
+    return "; ".join(said) or "reorder the frames"
+
+
+def _view(path: str, kind: type, version: int) -> list:
+    """The frames other than tagger's as mutagen reads them, converted as tagger converts
+    them to v2.`version` (_convert) and as saving at that version writes them."""
+    tags = kind(path, load_v1=False, translate=False).tags or ID3Tags()
+    if tags.version[1] != version:
+        _convert(tags, version)
+    frames = [fr._get_v23_frame(sep="/") if version == 3 else fr for fr in tags.values()
+              if not (fr.FrameID in id3raw.GENRE_IDS
+                      or (fr.FrameID in id3raw.CUSTOM_IDS and fr.desc.startswith(PREFIX)))]
+    return sorted(id3raw.Frame(fr.HashKey, b"", fr._pprint().encode()) for fr in frames)
+
+
+def _others(f) -> dict:
+    """Everything but the managed fields, as mutagen reads it (Vorbis comments in order)."""
+    out: dict = {}
+    if isinstance(f.tags, list):
+        out["vendor"] = f.tags.vendor
+        out["comments"] = [(k, v) for k, v in f.tags if not VORBIS_FIELDS._ours(k)]
+    elif f.tags is not None:
+        out.update({k: [(repr(v), getattr(v, "dataformat", None), getattr(v, "imageformat", None))
+                        for v in (vs if isinstance(vs, list) else [vs])]
+                    for k, vs in f.tags.items()
+                    if k != "©gen" and not k.startswith(MP4_FIELDS.FREEFORM + PREFIX)})
+    if isinstance(f, FLAC):
+        out["metadata blocks"] = [(b.code, b.write()) for b in f.metadata_blocks
+                                  if b.code not in (1, 4)]      # padding, the comments
+    return out
 
 
 def is_restored(state: TagState, backup: dict) -> bool:
@@ -370,11 +532,26 @@ def read_only(path: str) -> bool:
     return not os.access(path, os.W_OK) or not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
 
 
+def _fingerprint(path: str) -> tuple:
+    """What tells that a file changed: its identity, size, times, and a hash of its first
+    and last 64 KiB (where the tags are)."""
+    st = os.stat(path)
+    digest = hashlib.blake2b()
+    with open(path, "rb") as fh:
+        digest.update(fh.read(1 << 16))
+        fh.seek(max(0, st.st_size - (1 << 16)))
+        digest.update(fh.read())
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest.digest()
+
+
 def replace_safely(path: str, edit: Callable[[str], None],
                    before_replace: Callable[[os.stat_result], None] = lambda st: None) -> os.stat_result:
-    """Copy the file beside itself, edit(copy), flush it to disk and rename it over the
-    original (through a symlink to its target). The original is never opened for writing;
-    on any error, or an interruption, the copy is removed and the original is untouched.
+    """Copy the file beside itself, edit(copy) (which verifies it), flush it to disk and
+    rename it over the original (through a symlink to its target). The original is never
+    opened for writing; on any error, or an interruption, the copy is removed and the
+    original is untouched. If the original changed after it was copied (another program
+    saved it), the copy is dropped: "changed while writing". Only an edit landing in the
+    moment between that last check and the rename would still be lost.
     Raises TagError; returns the new file's stat."""
     real = os.path.realpath(path)
     folder = os.path.dirname(real)
@@ -383,6 +560,7 @@ def replace_safely(path: str, edit: Callable[[str], None],
         if read_only(real):
             raise TagError("read-only; left unchanged", path)
         before = os.stat(real)
+        copied = _fingerprint(real)
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
         os.close(fd)
         shutil.copy2(real, temp)                    # data, mode bits, extended attributes
@@ -392,12 +570,16 @@ def replace_safely(path: str, edit: Callable[[str], None],
         with open(temp, "rb+") as fh:
             os.fsync(fh.fileno())
         before_replace(os.stat(temp))               # a rename keeps size and mtime
+        if _fingerprint(real) != copied:
+            raise TagError("changed while writing (another program saved it); left unchanged")
         os.replace(temp, real)
         temp = None
         _fsync_folder(folder)
         return os.stat(real)
     except (OSError, mutagen.MutagenError) as exc:     # mutagen's save fails as its own error
         raise _wrap(path, exc) from None
+    except id3raw.Unsupported as exc:
+        raise TagError(f"{exc}; left unchanged", path) from None
     except TagError as exc:
         raise TagError(exc.reason, path) from None
     finally:

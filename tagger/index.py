@@ -457,16 +457,18 @@ class Index:
             [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]).fetchone()
 
     @_sqlite_errors
-    def save_backup(self, path: str, fields: dict) -> None:
+    def save_backup(self, path: str, fields: dict) -> bool:
         """Keep a file's original tag fields; a record that exists already for the file is
-        never replaced, so that a restore goes back to the state before the first write."""
+        never replaced, so that a restore goes back to the state before the first write.
+        True if a record was made now."""
         if self._record(path) is not None:
-            return
+            return False
         real, dev, ino = identity(path)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._write("INSERT INTO tag_backups (path, real_path, dev, ino, fields, saved_at)"
                     " VALUES (?,?,?,?,?,?)", [to_db_path(path), to_db_path(real), dev, ino,
                                               json.dumps(fields, ensure_ascii=False), now])
+        return True
 
     @_sqlite_errors
     def note_written(self, path: str, version: tuple[int, int],

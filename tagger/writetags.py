@@ -61,10 +61,17 @@ class TagStats:
 _SHORT = {STALE: "changed since the scan", VANISHED: "vanished", NOT_CLASSIFIED: NOT_CLASSIFIED}
 
 
+# A reason's start -> its short form in the summary.
+_SHORT_STARTS = {"read-only": "read-only", "changed while writing": "changed while writing",
+                 "would ": "would lose data", "converting to ID3": "would lose data",
+                 "the new tags do not read back": "would lose data"}
+
+
 def _short(reason: str | None) -> str:
     if reason in _SHORT:
         return _SHORT[reason]
-    return "read-only" if reason and reason.startswith("read-only") else "unreadable or unwritable"
+    start = next((s for s in _SHORT_STARTS if reason and reason.startswith(s)), None)
+    return _SHORT_STARTS[start] if start else "unreadable or unwritable"
 
 
 def under(path: str, roots: Sequence[str]) -> bool:
@@ -137,10 +144,15 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
         if tags.read_only(path):
             raise TagError("read-only; left unchanged", path)
         if not opts.dry_run:
-            index.save_backup(path, state.backup())
-            new = tags.write_fields(
-                path, state.planned(names, custom or ()), custom_too=opts.probabilities,
-                id3_version=opts.id3_version, before_replace=_note_written(index, path))
+            created = index.save_backup(path, state.backup())
+            try:
+                new = tags.write_fields(
+                    path, state.planned(names, custom or ()), custom_too=opts.probabilities,
+                    id3_version=opts.id3_version, before_replace=_note_written(index, path))
+            except TagError:
+                if created:     # nothing was written: a record kept now could later undo
+                    index.drop_backup(path)     # another program's edit
+                raise
             index.moved_on(path, _version(st), _version(new))
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)

@@ -245,7 +245,10 @@ def test_write_tags_id3v24_names_the_frames_it_would_lose(copies, hostile, tmp_p
     assert (f"{path}: converting to ID3v2.4 would lose frames COMM, RGAD, TXXX, USLT; "
             "left unchanged\n") in result.stderr
     assert "Wrote genres to 0 files: 0 unchanged, 0 below 50% confidence, 1 skipped." in result.stdout
+    assert "  would lose data: 1\n" in result.stdout
     assert path.read_bytes() == hostile["hostile23.mp3"].read_bytes()
+    with Index(db) as index:    # nothing was written, so no undo record that could later
+        assert list(index.backups()) == []      # undo another program's edit
 
 
 def test_frames_with_flags_keep_their_bytes_and_ours_are_found_inside(tmp_path):

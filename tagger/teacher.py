@@ -201,4 +201,17 @@ def load_teacher(path: str | Path, expected_sha256: str | None = SHA256,
         teacher.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"not the msd_fcn FCN: {_one_line(e)}", str(path)) from None
+    _flush_subnormals(teacher)
     return teacher.eval()
+
+
+def _flush_subnormals(net: nn.Module) -> None:
+    """Set weights and statistics below float32's smallest normal number to 0. The real
+    file has 78,000 of them (dead channels); CPUs compute with them 10 to 100 times slower,
+    which made a 29 s window cost 3.3 CPU-seconds instead of 0.24, and its tags are the same
+    (measured: identical to the last bit on generated audio)."""
+    tiny = torch.finfo(torch.float32).tiny
+    with torch.no_grad():
+        for tensor in net.state_dict().values():
+            if tensor.is_floating_point():
+                tensor[tensor.abs() < tiny] = 0.0

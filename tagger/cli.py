@@ -6,6 +6,7 @@ errors exit 2 (Typer's own). torch is imported only by commands that run the mod
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -121,6 +122,18 @@ class StopRequest:
             signal.signal(s, handler)
 
 
+def must_exist(paths: list[Path], missing: str) -> None:
+    for p in paths:
+        try:
+            p.stat()
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise UserError(f"{p}: name or path too long for the system") from None
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise UserError(f"{p}: {missing}") from None
+            raise UserError(f"{p}: cannot read it ({e.strerror})") from None
+
+
 class SpeedColumn(ProgressColumn):
     def render(self, task) -> Text:
         return Text(f"{task.speed:.1f} tracks/s" if task.speed else "", style="cyan")
@@ -147,9 +160,7 @@ def scan(
 
     Example: [bold]tagger scan ~/Music --exclude '*/Podcasts/*'[/bold]
     """
-    for p in paths:
-        if not p.exists():
-            raise UserError(f"{p}: no such file or folder")
+    must_exist(paths, "no such file or folder")
     model_path, model_id = resolve_model(model)
     started = time.monotonic()
     with Index(db) as index, index.writer_lock():
@@ -438,9 +449,7 @@ def show(
 
     Example: [bold]tagger show song.flac other.mp3[/bold]
     """
-    for f in files:
-        if not f.exists():
-            raise UserError(f"{f}: no such file")
+    must_exist(files, "no such file")
     model_path, _ = resolve_model(model)
     classifier = load_classifier(model_path, device)
     from tagger.pool import Failure, decode_job

@@ -103,6 +103,10 @@ def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *,
         decoded.clear()
         failures.clear()
 
+    failures += [failure_result(c, classifier.model_id, Failure(c.error, transient=True))
+                 for c in todo if c.error]        # found by the crawl, but not readable
+    todo = [c for c in todo if not c.error]
+    workers = min(workers, len(todo))             # no idle decoder processes
     classifier.share_cpu_with(workers)
     pool = DecodePool(workers, timeout=decode_timeout)
     try:

@@ -6,10 +6,12 @@ errors exit 2 (Typer's own). torch is imported only by commands that run the mod
 
 from __future__ import annotations
 
+import codecs
 import errno
 import functools
 import os
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from enum import Enum
@@ -205,9 +207,9 @@ def print_summary(stats, seconds: float, db: Path) -> None:
         table.add_column("Genre")
         table.add_column("Tracks", justify="right")
         table.add_column("")
-        top = max(stats.genres.values())
+        top, bar = max(stats.genres.values()), output.glyph(out, "█", "#")
         for genre, n in stats.genres.most_common():
-            table.add_row(output.genre_name(genre), str(n), "█" * max(1, round(20 * n / top)))
+            table.add_row(output.genre_name(genre), str(n), bar * max(1, round(20 * n / top)))
         out.print(table)
     out.print(f"Index: {db}", highlight=False)
 
@@ -611,4 +613,8 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
 
 
 def main() -> None:
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    if codecs.lookup(encoding).name != "utf-8" and hasattr(sys.stdout, "reconfigure"):
+        # LC_ALL=C or a latin-1 terminal: a file or genre name it cannot show gets "?"
+        sys.stdout.reconfigure(errors="replace")
     app(prog_name="tagger")

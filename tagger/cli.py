@@ -454,23 +454,20 @@ def show(
     must_exist(files, "no such file")
     model_path, _ = resolve_model(model)
     classifier = load_classifier(model_path, device)
-    from tagger.pool import Failure, decode_job
-    from tagger.scan import classify_decoded, failure_result, job_for
     from tagger.crawl import Candidate
+    from tagger.scan import classify_files
 
-    job_of = job_for(classifier)
-    rows = []
-    for f in files:
-        cand = Candidate(os.path.abspath(f), 0, 0)
-        decoded = decode_job(job_of(cand))
-        if isinstance(decoded, Failure):
-            result = failure_result(cand, classifier.model_id, decoded)
-        else:
-            result = classify_decoded(classifier, [(cand, decoded)])[0]
-        if fmt is ShowFormat.json:
-            rows.append(result.as_row())
-        else:
-            output.bar_chart(out, result.as_row())
+    paths = [os.path.abspath(f) for f in files]
+    results, shown, rows = {}, 0, []      # printed in the order given, as they come
+    for batch in classify_files([Candidate(p, 0, 0) for p in paths], classifier,
+                                workers=available_cores(), batch_size=1):
+        results.update((r.path, r.as_row()) for r in batch)
+        while shown < len(paths) and paths[shown] in results:
+            if fmt is ShowFormat.json:
+                rows.append(results[paths[shown]])
+            else:
+                output.bar_chart(out, results[paths[shown]])
+            shown += 1
     if fmt is ShowFormat.json:
         output.write_json(rows)
 

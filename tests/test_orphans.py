@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import write_track
 from test_interrupt import stored, wait_for_rows
 
 
+@pytest.mark.slow
 def test_workers_of_a_killed_scan_exit_without_a_traceback(model_path, tmp_path):
     library = tmp_path / "Music"
     for i in range(24):

@@ -33,6 +33,7 @@ def run(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ENCODINGS)
 def test_every_command_prints_on_a_narrow_terminal(scanned, model_path, setting):
     library, root = scanned

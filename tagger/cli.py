@@ -6,9 +6,12 @@ errors exit 2 (Typer's own). torch is imported only by commands that run the mod
 
 from __future__ import annotations
 
+import codecs
+import errno
 import functools
 import os
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from enum import Enum
@@ -131,6 +134,18 @@ class StopRequest:
             signal.signal(s, handler)
 
 
+def must_exist(paths: list[Path], missing: str) -> None:
+    for p in paths:
+        try:
+            p.stat()
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise UserError(f"{p}: name or path too long for the system") from None
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise UserError(f"{p}: {missing}") from None
+            raise UserError(f"{p}: cannot read it ({e.strerror})") from None
+
+
 class SpeedColumn(ProgressColumn):
     def render(self, task) -> Text:
         return Text(f"{task.speed:.1f} tracks/s" if task.speed else "", style="cyan")
@@ -157,9 +172,7 @@ def scan(
 
     Example: [bold]tagger scan ~/Music --exclude '*/Podcasts/*'[/bold]
     """
-    for p in paths:
-        if not p.exists():
-            raise UserError(f"{p}: no such file or folder")
+    must_exist(paths, "no such file or folder")
     model_path, model_id = resolve_model(model)
     started = time.monotonic()
     with Index(db) as index, index.writer_lock():
@@ -204,9 +217,9 @@ def print_summary(stats, seconds: float, db: Path) -> None:
         table.add_column("Genre")
         table.add_column("Tracks", justify="right")
         table.add_column("")
-        top = max(stats.genres.values())
+        top, bar = max(stats.genres.values()), output.glyph(out, "█", "#")
         for genre, n in stats.genres.most_common():
-            table.add_row(output.genre_name(genre), str(n), "█" * max(1, round(20 * n / top)))
+            table.add_row(output.genre_name(genre), str(n), bar * max(1, round(20 * n / top)))
         out.print(table)
     out.print(f"Index: {db}", highlight=False)
 
@@ -448,28 +461,23 @@ def show(
 
     Example: [bold]tagger show song.flac other.mp3[/bold]
     """
-    for f in files:
-        if not f.exists():
-            raise UserError(f"{f}: no such file")
+    must_exist(files, "no such file")
     model_path, _ = resolve_model(model)
     classifier = load_classifier(model_path, device)
-    from tagger.pool import Failure, decode_job
-    from tagger.scan import classify_decoded, failure_result, job_for
     from tagger.crawl import Candidate
+    from tagger.scan import classify_files
 
-    job_of = job_for(classifier)
-    rows = []
-    for f in files:
-        cand = Candidate(os.path.abspath(f), 0, 0)
-        decoded = decode_job(job_of(cand))
-        if isinstance(decoded, Failure):
-            result = failure_result(cand, classifier.model_id, decoded)
-        else:
-            result = classify_decoded(classifier, [(cand, decoded)])[0]
-        if fmt is ShowFormat.json:
-            rows.append(result.as_row())
-        else:
-            output.bar_chart(out, result.as_row())
+    paths = [os.path.abspath(f) for f in files]
+    results, shown, rows = {}, 0, []      # printed in the order given, as they come
+    for batch in classify_files([Candidate(p, 0, 0) for p in paths], classifier,
+                                workers=available_cores(), batch_size=1):
+        results.update((r.path, r.as_row()) for r in batch)
+        while shown < len(paths) and paths[shown] in results:
+            if fmt is ShowFormat.json:
+                rows.append(results[paths[shown]])
+            else:
+                output.bar_chart(out, results[paths[shown]])
+            shown += 1
     if fmt is ShowFormat.json:
         output.write_json(rows)
 
@@ -653,4 +661,8 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
 
 
 def main() -> None:
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    if codecs.lookup(encoding).name != "utf-8" and hasattr(sys.stdout, "reconfigure"):
+        # LC_ALL=C or a latin-1 terminal: a file or genre name it cannot show gets "?"
+        sys.stdout.reconfigure(errors="replace")
     app(prog_name="tagger")

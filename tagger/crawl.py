@@ -1,8 +1,10 @@
 """Walk the library: audio files by extension, hidden and system folders skipped, symlinks
-to folders followed without ever looping, dangling links and unreadable folders passed over."""
+to folders followed without ever looping, dangling links and unreadable folders passed over,
+paths too long for the system reported."""
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 from collections.abc import Iterable, Iterator
@@ -19,6 +21,7 @@ class Candidate:
     path: str        # absolute, normalised; may hold surrogate escapes for non-UTF-8 names
     size: int
     mtime_ns: int
+    error: str | None = None   # why it cannot be read (a path too long): a failure, not a track
 
 
 def _excluded(path: str, patterns: Iterable[str]) -> bool:
@@ -26,9 +29,21 @@ def _excluded(path: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
+def _too_long(path: str, what: str) -> Candidate:
+    """A file or folder the system refuses to open by its path (ENAMETOOLONG)."""
+    size = f"{len(os.fsencode(path)):,} bytes"
+    if what == "folder":
+        reason = f"folder not scanned: its path is too long for the system ({size}); move or rename it"
+    else:
+        reason = f"path too long for the system ({size}); move or rename the file"
+    return Candidate(path, 0, 0, reason)
+
+
 def crawl(roots: Iterable[str | os.PathLike], exclude: Iterable[str] = ()) -> Iterator[Candidate]:
     """Yield every audio file under roots (a root may also be one file), sorted within each
-    folder. `exclude` globs match the absolute path or the bare name of a file or folder."""
+    folder, a folder's files where its name sorts. `exclude` globs match the absolute path or
+    the bare name of a file or folder. A file or folder whose path is too long for the system
+    comes as a Candidate with an error. The walk keeps a stack, not the call stack: any depth."""
     exclude = tuple(exclude)
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[str] = set()
@@ -38,25 +53,39 @@ def crawl(roots: Iterable[str | os.PathLike], exclude: Iterable[str] = ()) -> It
             return None
         try:
             st = os.stat(path)
-        except OSError:             # dangling link, vanished, no permission on the folder
-            return None
+        except OSError as e:        # dangling link, vanished, no permission on the folder
+            if e.errno != errno.ENAMETOOLONG or path in seen_files:
+                return None
+            seen_files.add(path)
+            return _too_long(path, "file")
         if not os.path.isfile(path) or path in seen_files:
             return None
         seen_files.add(path)
         return Candidate(path, st.st_size, st.st_mtime_ns)
 
-    def walk(folder: str) -> Iterator[Candidate]:
+    def listing(folder: str) -> Iterator[os.DirEntry] | Candidate | None:
+        """The folder's entries in name order; None if it was seen before or cannot be read."""
         try:
             st = os.stat(folder)
             key = (st.st_dev, st.st_ino)
             if key in seen_dirs:    # a symlink loop, or the same folder reached twice
-                return
+                return None
             seen_dirs.add(key)
             with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
+                return iter(sorted(it, key=lambda e: e.name))
+        except OSError as e:
+            return _too_long(folder, "folder") if e.errno == errno.ENAMETOOLONG else None
+
+    def walk(root: str) -> Iterator[Candidate]:
+        stack = [listing(root)]     # one open listing per level (or what stands for one)
+        while stack:
+            top = stack[-1]
+            entry = next(top, None) if isinstance(top, Iterator) else None
+            if entry is None:
+                stack.pop()
+                if isinstance(top, Candidate):
+                    yield top
+                continue
             if entry.name.startswith(".") or entry.name in SYSTEM_DIRS:
                 continue
             try:
@@ -65,7 +94,7 @@ def crawl(roots: Iterable[str | os.PathLike], exclude: Iterable[str] = ()) -> It
                 continue
             if is_dir:
                 if not _excluded(entry.path, exclude):
-                    yield from walk(entry.path)
+                    stack.append(listing(entry.path))
             elif (found := file_candidate(entry.path)) is not None:
                 yield found
 

@@ -21,6 +21,9 @@ How a track is read:
 - Bad data: undecodable packets are skipped; a file cut short gives what was there
   (windows past the end come out short or are dropped when empty). Every failure is a
   DecodeError with a short reason; nothing else escapes.
+- Zero-filled files (preallocated, unfinished downloads): FFmpeg would read them to the end
+  looking for a frame or a chunk. It reads through _Source, which treats a file as cut short
+  where 2 MB of zero bytes come with no audio decoded (a file of only zeros fails at once).
 
 FFmpeg's log output is off by default in PyAV; `quiet_ffmpeg()` makes sure of it (call it
 in each worker process).
@@ -28,6 +31,7 @@ in each worker process).
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from dataclasses import dataclass
@@ -51,6 +55,11 @@ _SEEK_MARGINS = (0.2, 1.0, 5.0)  # seconds to aim before a window; more if a see
 # not identify is opened again with the defaults. (fflags=fastseek was tried too: it saves
 # 5-10 ms a seek on a 20-minute mp3 but labels frames up to one frame late after a seek.)
 _QUICK_OPEN = {"probesize": "65536"}
+# FFmpeg reads as far as it must to find a frame or the next chunk: through a whole
+# preallocated or zero-filled file (over a minute for 5 GB), which probesize does not bound.
+# So FFmpeg reads the file through _Source, which ends it where a run of this many zero bytes
+# begins with no audio decoded in between (digital silence in a WAV decodes: it never counts).
+_ZERO_RUN = 2 * 2**20
 
 
 def quiet_ffmpeg() -> None:
@@ -169,6 +178,51 @@ def _resampler(sample_rate: int) -> tuple[av.AudioResampler, bool]:
         return av.AudioResampler(format="fltp", rate=sample_rate), True
 
 
+class _Source:
+    """The file as FFmpeg reads it (through PyAV's file-object I/O), cut short where
+    _ZERO_RUN zero bytes were read with no found_audio() call since they began: a
+    preallocated or zero-filled file reads like one truncated there."""
+
+    def __init__(self, file: io.RawIOBase, name: str):
+        self._file = file
+        self.name = name                     # FFmpeg uses the extension when probing
+        self.end: int | None = None          # where the zeros begin, once they are found
+        self._zeros_from: int | None = None  # the run of zero bytes read since found_audio
+        self._zeros_to = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int) -> bytes:
+        at = self._file.tell()
+        if self.end is not None:
+            size = min(size, max(0, self.end - at))
+        data = self._file.read(size)
+        if data and data[-1] == 0 and not np.frombuffer(data, np.uint8).any():
+            if self._zeros_from is None or at != self._zeros_to:    # a new run, or a seek
+                self._zeros_from = at
+            self._zeros_to = at + len(data)
+            if self._zeros_to - self._zeros_from >= _ZERO_RUN:
+                self.end = min(self._zeros_from, self.end if self.end is not None else at)
+                self._file.seek(at)          # FFmpeg counts the position too: nothing read
+                return b""
+        elif data:
+            self._zeros_from = None
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def found_audio(self) -> None:
+        self._zeros_from = None
+
+
 class _SeekFailed(Exception):
     """The format cannot seek: decode the file again in one forward pass."""
 
@@ -180,8 +234,9 @@ class _SeekFailed(Exception):
 class _Decoder:
     """Decodes windows from one open container; counts what it decoded and what failed."""
 
-    def __init__(self, container: av.container.InputContainer, stream: av.AudioStream):
-        self.container, self.stream = container, stream
+    def __init__(self, container: av.container.InputContainer, stream: av.AudioStream,
+                 source: _Source):
+        self.container, self.stream, self.source = container, stream, source
         self.time_base: Fraction = stream.time_base or Fraction(1, stream.rate)
         self.seconds_per_tick = float(self.time_base)  # float arithmetic in the hot loop
         origin = stream.start_time if stream.start_time is not None else 0
@@ -220,6 +275,8 @@ class _Decoder:
                     break
                 continue
             bad = 0
+            if frames:
+                self.source.found_audio()
             for frame in frames:
                 t = next_t if frame.pts is None else frame.pts * self.seconds_per_tick - self.origin
                 seconds = frame.samples / frame.sample_rate
@@ -238,6 +295,7 @@ class _Decoder:
             for packet in self.container.demux(self.stream):
                 if packet.size == 0:
                     continue
+                self.source.found_audio()
                 tb = packet.time_base or self.time_base
                 length = float((packet.duration or 0) * tb)
                 total += length
@@ -317,11 +375,19 @@ def decode_excerpts(path: str | os.PathLike | bytes, sample_rate: int = 22050,
     name = os.fsdecode(path)
     _check_file(name)
     try:
-        try:
-            return _decode(name, sample_rate, n_windows, window_seconds, seek=True)
-        except _SeekFailed as e:
-            return _decode(name, sample_rate, n_windows, window_seconds, seek=False,
-                           duration=e.duration)
+        with open(name, "rb", buffering=0) as file:
+            source = _Source(file, name)
+            try:
+                try:
+                    return _decode(source, sample_rate, n_windows, window_seconds, seek=True)
+                except _SeekFailed as e:
+                    return _decode(source, sample_rate, n_windows, window_seconds,
+                                   seek=False, duration=e.duration)
+            except (DecodeError, av.error.FFmpegError):
+                if source.end is not None:
+                    raise DecodeError(f"no audio found, only zero bytes from byte {source.end:,} "
+                                      "on (a preallocated or unfinished file?)", path=name) from None
+                raise
     except DecodeError:
         raise
     except PermissionError as e:
@@ -346,29 +412,32 @@ def _usable(container: av.container.InputContainer) -> bool:
     return bool(audio) and bool(audio[0].rate) and bool(audio[0].channels)
 
 
-def _open(name: str) -> av.container.InputContainer:
+def _open(source: _Source) -> av.container.InputContainer:
     """Open with a quick probe; again with FFmpeg's defaults if that found no audio."""
     try:
-        container = av.open(name, metadata_errors="ignore", container_options=_QUICK_OPEN)
+        source.seek(0)
+        container = av.open(source, metadata_errors="ignore", container_options=_QUICK_OPEN)
         if _usable(container):
             return container
         container.close()
     except av.error.InvalidDataError:
         pass
-    return av.open(name, metadata_errors="ignore")
+    source.seek(0)
+    return av.open(source, metadata_errors="ignore")
 
 
-def _decode(name: str, sample_rate: int, n_windows: int, window_seconds: float,
+def _decode(source: _Source, sample_rate: int, n_windows: int, window_seconds: float,
             seek: bool, duration: float | None = None) -> Excerpts:
     """Open and decode; `seek=False` reads the file once, front to back, with the
     `duration` measured by an earlier attempt when the metadata has none."""
-    with _open(name) as container:
+    name = source.name
+    with _open(source) as container:
         if not container.streams.audio:
             raise DecodeError("no audio stream", path=name)
         if not _usable(container):
             raise DecodeError("not an audio file (no decodable audio found)", path=name)
         stream = container.streams.audio[0]
-        decoder = _Decoder(container, stream)
+        decoder = _Decoder(container, stream, source)
         duration = duration or _metadata_duration(container, stream)
         if duration is None:
             if not seek:

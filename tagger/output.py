@@ -33,6 +33,15 @@ def genre_name(genre: str | None) -> str:
     return DISPLAY_NAMES.get(genre, genre) if genre else ""
 
 
+def glyph(console: Console, fancy: str, plain: str) -> str:
+    """`fancy` where the console's encoding has it (UTF-8), else `plain` (LC_ALL=C, latin-1)."""
+    try:
+        fancy.encode(console.encoding)
+    except (UnicodeError, LookupError):
+        return plain
+    return fancy
+
+
 def _write(text: str) -> None:
     sys.stdout.flush()
     sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
@@ -89,12 +98,12 @@ def print_table(console: Console, rows: Iterable[dict]) -> int:
     table.add_column("Genre", no_wrap=True)
     table.add_column("Conf.", justify="right", no_wrap=True)
     table.add_column("Path", overflow="fold")
-    count = 0
+    count, dash = 0, glyph(console, "—", "-")
     for row in rows:
         count += 1
         path = escape(display(row["path"]))
         if row.get("error"):
-            table.add_row("[red]—[/red]", "", f"{path}  [red]({escape(row['error'])})[/red]")
+            table.add_row(f"[red]{dash}[/red]", "", f"{path}  [red]({escape(row['error'])})[/red]")
         else:
             table.add_row(genre_name(row["genre"]), f"{row['confidence']:.0%}", path)
     if count:
@@ -109,9 +118,10 @@ def bar_chart(console: Console, row: dict, width: int = 30) -> None:
         console.print(f"  [red]{escape(row['error'])}[/red]", highlight=False)
         return
     table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 1))
+    full, half = glyph(console, "█", "#"), glyph(console, "▌", "")
     for genre, p in sorted(row["probabilities"].items(), key=lambda kv: -kv[1]):
         filled = p * width
-        bar = "█" * int(filled) + ("▌" if filled - int(filled) >= 0.5 else "")
+        bar = full * int(filled) + (half if filled - int(filled) >= 0.5 else "")
         style = "green" if genre == row["genre"] else "cyan"
         table.add_row(f"  {genre_name(genre)}", f"[{style}]{bar:<{width}}[/{style}]", f"{p:6.1%}")
     console.print(table)

@@ -70,16 +70,13 @@ def _worker_main(tasks: Any, results: Any, function, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     quiet_ffmpeg()
-    while True:
-        if not tasks.poll(1.0):
-            if os.getppid() != parent:
-                return
-            continue
-        try:
-            seq, job = tasks.recv()
-        except EOFError:                 # the parent closed its end
-            return
-        results.send((seq, function(job)))
+    try:
+        while os.getppid() == parent:    # not decoding the files queued for a killed parent
+            if tasks.poll(1.0):
+                seq, job = tasks.recv()
+                results.send((seq, function(job)))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return                           # the parent closed its end, or is gone: no traceback
 
 
 @dataclass

@@ -8,7 +8,8 @@ batch of decoded audio waits for the model.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,12 +18,13 @@ import numpy as np
 from tagger.crawl import Candidate, crawl
 from tagger.decode import Excerpts
 from tagger.index import Index, TrackResult
-from tagger.pool import DecodeJob, DecodePool, Failure
+from tagger.pool import DecodeJob, DecodePool, Failure, decode_job
 
 if TYPE_CHECKING:                   # importing torch is kept off the rescan path
     from tagger.classify import Classifier
 
 SILENCE_PEAK = 10 ** (-80 / 20)     # excerpts that never rise above -80 dBFS count as silent
+DECODE_TIMEOUT = 300.0              # seconds one file may take to decode, in scan and show
 
 
 @dataclass
@@ -83,41 +85,51 @@ def classify_decoded(classifier: Classifier,
     return results
 
 
-def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *, workers: int,
-             batch_size: int = 16, on_result: Callable[[TrackResult], None] = lambda r: None,
-             should_stop: Callable[[], bool] = lambda: False, stats: ScanStats | None = None,
-             decode_timeout: float = 300.0) -> ScanStats:
-    """Decode, classify and store `todo`; one transaction per batch. When should_stop()
-    turns true, what is already decoded is classified and stored, and the scan returns."""
-    stats = stats or ScanStats()
-    seen = 0
+def classify_files(todo: Sequence[Candidate], classifier: Classifier, *, workers: int,
+                   batch_size: int = 16, should_stop: Callable[[], bool] = lambda: False,
+                   decode_timeout: float = DECODE_TIMEOUT,
+                   function: Callable[[DecodeJob], Excerpts | Failure] = decode_job,
+                   ) -> Iterator[list[TrackResult]]:
+    """Decode `todo` in worker processes (no more than there are files; a decoder that hangs
+    past decode_timeout costs its file) and classify it; yields the results a batch at a
+    time, in completion order. When should_stop() turns true, what is already decoded is
+    classified and yielded, and it returns. `function` is the decoder (tests give others)."""
     decoded: list[tuple[Candidate, Excerpts]] = []
-    failures: list[TrackResult] = []
-
-    def flush() -> None:
-        results = failures + classify_decoded(classifier, decoded)
-        index.store(results)
-        for r in results:
-            stats.count(r)
-            on_result(r)
-        decoded.clear()
-        failures.clear()
-
+    failures = [failure_result(c, classifier.model_id, Failure(c.error, transient=True))
+                for c in todo if c.error]           # found by the crawl, but not readable
+    todo = [c for c in todo if not c.error]
+    workers = min(workers, len(todo))              # no idle decoder processes
     classifier.share_cpu_with(workers)
-    pool = DecodePool(workers, timeout=decode_timeout)
-    try:
+    with closing(DecodePool(workers, timeout=decode_timeout, function=function)) as pool:
         for cand, result in pool.imap(todo, job_for(classifier), should_stop):
-            seen += 1
             if isinstance(result, Failure):
                 failures.append(failure_result(cand, classifier.model_id, result))
             else:
                 decoded.append((cand, result))
             if len(decoded) >= batch_size or len(failures) >= batch_size:
-                flush()
-        stats.interrupted = seen < len(todo)
-        flush()
-    finally:
-        pool.close()
+                yield failures + classify_decoded(classifier, decoded)
+                decoded, failures = [], []
+    if decoded or failures:
+        yield failures + classify_decoded(classifier, decoded)
+
+
+def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *, workers: int,
+             batch_size: int = 16, on_result: Callable[[TrackResult], None] = lambda r: None,
+             should_stop: Callable[[], bool] = lambda: False, stats: ScanStats | None = None,
+             decode_timeout: float = DECODE_TIMEOUT) -> ScanStats:
+    """Decode, classify and store `todo`; one transaction per batch. When should_stop()
+    turns true, what is already decoded is classified and stored, and the scan returns."""
+    stats = stats or ScanStats()
+    done = 0
+    with closing(classify_files(todo, classifier, workers=workers, batch_size=batch_size,
+                                should_stop=should_stop, decode_timeout=decode_timeout)) as batches:
+        for results in batches:
+            index.store(results)
+            for r in results:
+                stats.count(r)
+                on_result(r)
+            done += len(results)
+    stats.interrupted = done < len(todo)
     return stats
 
 

@@ -430,3 +430,65 @@ def test_quiet_ffmpeg_is_idempotent():
     decode.quiet_ffmpeg()
     decode.quiet_ffmpeg()
     assert av.logging.get_level() is None
+
+
+# --- preallocated and zero-filled files ------------------------------------------------------
+
+SPARSE = 4 * 2**30     # 4 GiB of zeros that take no disk (truncate() makes a sparse file)
+
+
+def _sparse(path: Path, head: bytes = b"") -> Path:
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(SPARSE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory) -> dict[str, bytes]:
+    directory = tmp_path_factory.mktemp("heads")
+    return {ext: synth.encode(directory / f"t.{ext}", synth.tone(440, 3.0, SR), SR).read_bytes()
+            for ext in ("mp3", "wav", "flac")}
+
+
+@pytest.mark.parametrize("name,head", [("zeros.mp3", None), ("zeros.flac", None),
+                                       ("header.mp3", ("mp3", 1000)),
+                                       ("header.wav", ("wav", 44)), ("header.flac", ("flac", 100)),
+                                       ("three-seconds-then-zeros.mp3", ("mp3", None))])
+def test_zero_filled_files_fail_with_a_reason(tmp_path, heads, name, head):
+    """FFmpeg read such files to the end looking for a frame or a chunk (over a minute for
+    5 GB); the read now ends where the zeros begin."""
+    data = b"" if head is None else heads[head[0]][:head[1]]
+    reason = _reason(_sparse(tmp_path / name, data))
+    assert reason.startswith("no audio found, only zero bytes from byte ")
+    assert reason.endswith(" on (a preallocated or unfinished file?)")
+
+
+def test_audio_before_zeros_is_decoded(tmp_path, heads):
+    """A WAV whose data chunk is followed by zeros (its footer scan met them)."""
+    ex = decode_excerpts(_sparse(tmp_path / "then-zeros.wav", heads["wav"]))
+    check_excerpts(ex, 1, 3 * SR)
+    assert peak_hz(ex.waveforms[0]) == pytest.approx(440, abs=2)
+
+
+@pytest.mark.parametrize("ext", ["wav", "aiff"])
+def test_digital_silence_is_not_zero_fill(tmp_path, ext):
+    """40 s of digital silence (11 MB of zero bytes) before a tone: silence decodes."""
+    audio = np.concatenate([synth.silence(40.0, 48000, 2), synth.tone(440, 5.0, 48000, 2)], axis=1)
+    path = synth.encode(tmp_path / f"late.{ext}", audio, 48000, bit_depth=24)
+    ex = decode_excerpts(path, n_windows=3, window_seconds=2.0)
+    check_excerpts(ex, 3, 2 * SR)
+    ex = decode_excerpts(path, n_windows=1, window_seconds=44.0)     # one pass, front to back
+    assert peak_hz(ex.waveforms[0][-3 * SR:]) == pytest.approx(440, abs=2)
+
+
+def test_big_cover_art_and_padding_before_the_audio(tmp_path):
+    from mutagen.id3 import APIC, ID3
+    path = synth.encode(tmp_path / "cover.mp3", synth.tone(440, 3.0, SR), SR)
+    tags = ID3(path)
+    tags.add(APIC(encoding=3, mime="image/jpeg", type=3, desc="front",
+                  data=np.random.default_rng(0).bytes(20 * 2**20)))
+    tags.save(path, padding=lambda info: 1 << 20)     # and 1 MB of zero padding
+    ex = decode_excerpts(path)
+    check_excerpts(ex, 1, 3 * SR)
+    assert peak_hz(ex.waveforms[0]) == pytest.approx(440, abs=3)

@@ -90,3 +90,43 @@ def test_leaving_early_stops_every_worker(tmp_path):
     results.close()                      # what a stopped scan does
     assert time.monotonic() - started < 10
     assert processes and not any(p.is_alive() for p in processes)
+
+
+def _decoder_processes() -> list:
+    import psutil
+    return [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+
+
+def test_no_more_decoders_than_files(tmp_path, model_path):
+    """--workers 64 for one file started 64 processes."""
+    from tagger.checkpoint import load
+    from tagger.classify import Classifier
+    from tagger.crawl import crawl
+    from tagger.scan import classify_files
+    write_track(tmp_path / "one.wav", seconds=1.0)
+    batches = classify_files(list(crawl([tmp_path])), Classifier(load(model_path), "cpu"),
+                             workers=8, batch_size=1)
+    try:
+        (result,) = next(batches)
+        assert result.status == "ok"
+        assert len(_decoder_processes()) == 1
+    finally:
+        batches.close()
+    assert _decoder_processes() == []
+
+
+def test_show_and_scan_share_the_decode_timeout(tmp_path, model_path):
+    """`show` decodes through classify_files, as the scan does: a hung decoder costs one
+    file after the timeout (show decoded in-process, with no timeout)."""
+    from tagger.checkpoint import load
+    from tagger.classify import Classifier
+    from tagger.crawl import Candidate
+    from tagger.scan import classify_files
+    good = write_track(tmp_path / "good.wav", seconds=1.0)
+    hang = write_track(tmp_path / "hang.wav", seconds=1.0)
+    todo = [Candidate(str(hang), 0, 0), Candidate(str(good), 0, 0)]
+    results = [r for batch in classify_files(todo, Classifier(load(model_path), "cpu"),
+                                             workers=1, batch_size=1, decode_timeout=2.0,
+                                             function=crash_or_decode) for r in batch]
+    assert {r.path: r.status for r in results} == {str(hang): "error", str(good): "ok"}
+    assert results[0].error == "decoding took longer than 2 s; gave up on it"

@@ -665,4 +665,7 @@ def main() -> None:
     if codecs.lookup(encoding).name != "utf-8" and hasattr(sys.stdout, "reconfigure"):
         # LC_ALL=C or a latin-1 terminal: a file or genre name it cannot show gets "?"
         sys.stdout.reconfigure(errors="replace")
-    app(prog_name="tagger")
+    try:
+        app(prog_name="tagger")
+    finally:    # a Ctrl-C while the interpreter exits (atexit, finalizers) ends it by SIGINT,
+        signal.signal(signal.SIGINT, signal.SIG_DFL)    # not with a KeyboardInterrupt traceback

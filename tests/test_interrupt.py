@@ -119,3 +119,23 @@ def test_a_second_ctrl_c_stops_at_once_with_130_and_a_consistent_index(big_libra
     assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err and "Aborted" not in err
     assert check_consistent(db) < N_TRACKS
+
+
+def test_a_ctrl_c_while_the_interpreter_exits_prints_no_traceback(tmp_path):
+    """The second Ctrl-C of a scan may land after the command has finished, while Python
+    runs its exit handlers (multiprocessing's finalizers): it ends the process by SIGINT."""
+    script = ("import atexit, sys, time\n"
+              "from tagger.cli import main\n"
+              "atexit.register(lambda: (print('exiting', flush=True), time.sleep(30)))\n"
+              "sys.argv = ['tagger', '--version']\n"
+              "main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("tagger ")
+        assert proc.stdout.readline() == "exiting\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGINT and "Traceback" not in err, err

@@ -390,8 +390,8 @@ def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, ve
             body, flags = tag.body(), tag.flags
         else:
             _convertible(tag, f.tags, version)
+            _convert(f.tags, version)       # first: it rewrites "(17)" genres as "Rock"
             ID3_FIELDS.put(f.tags, pairs, custom_too, backup)
-            _convert(f.tags, version)
             body, flags = bytes(f.tags._write(ID3SaveConfig(version, "/"))), 0
         if backup is not None and not backup["tagged"] and not body:
             id3raw.write(fh, place, None, unpadded=backup.get("unpadded", False))

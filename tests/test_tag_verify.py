@@ -296,3 +296,26 @@ def test_itunes_v24_sizes_that_are_not_syncsafe_are_kept(tmp_path):
     assert path.read_bytes()[10:10 + 10 + 301] == before[10:10 + 10 + 301]
     tags.restore_fields(str(path), state.backup())
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("version, flag, genre", [(3, "--id3v24", b"(17)"), (3, "--id3v24", b"(17)Rock"),
+                                                  (4, "--id3v23", b"Rock\x00Jazz\x00(17)")])
+def test_a_restore_after_a_version_change_gives_back_numeric_genres(tmp_path, version, flag, genre):
+    """ID3v1-style genre references ("(17)") are common in old tags; mutagen's version
+    conversion rewrites them ("Rock"), so the restore used to fail its own check and the
+    file could not be restored."""
+    from tagfixtures import BARE_MP3, _audio, synth
+    path = synth.encode(tmp_path / "old.mp3", _audio(), 22050, options=BARE_MP3)
+    path.write_bytes(id3_tag([("TIT2", b"\x00Title"), ("TCON", b"\x00" + genre)], version)
+                     + path.read_bytes())
+    state = tags.read(str(path))
+    db = tmp_path / "index.db"
+    with Index(db) as index:
+        st = path.stat()
+        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    run("write-tags", "--db", db, "--overwrite", flag)
+    assert genres_of(path) == ["Hip-Hop"]
+    result = run("restore-tags", "--db", db)
+    assert "Restored 1 files: 0 unchanged, 0 skipped." in result.stdout, result.output
+    after = tags.read(str(path))
+    assert after.fields == state.fields and after.id3_version == version

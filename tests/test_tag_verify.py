@@ -319,3 +319,40 @@ def test_a_restore_after_a_version_change_gives_back_numeric_genres(tmp_path, ve
     assert "Restored 1 files: 0 unchanged, 0 skipped." in result.stdout, result.output
     after = tags.read(str(path))
     assert after.fields == state.fields and after.id3_version == version
+
+
+def _wav_header(riff_size: int, data_size: int) -> bytes:
+    fmt = bytes.fromhex("0100 0100 22560000 44ac0000 0200 1000")     # PCM, mono, 16 bits
+    return (b"RIFF" + riff_size.to_bytes(4, "little") + b"WAVE" + b"fmt " + (16).to_bytes(4, "little")
+            + fmt + b"data" + data_size.to_bytes(4, "little"))
+
+
+def test_a_riff_size_that_covers_zeros_is_refused_not_walked(tmp_path):
+    """Zeros inside the RIFF size read as empty chunks, 8 bytes each: in a sparse or
+    preallocated file of gigabytes, walking them took hours. A chunk list longer than any
+    audio file's is refused with a reason."""
+    path = tmp_path / "zeros.wav"
+    pcm = bytes(2000)
+    zeros = bytes(200_000)
+    data = _wav_header(4 + 24 + 8 + len(pcm) + len(zeros), len(pcm)) + pcm + zeros
+    path.write_bytes(data)
+    with pytest.raises(tags.TagError, match="chunks"):
+        tags.read(str(path))
+    assert path.read_bytes() == data
+
+
+def test_a_wav_near_4_gib_is_refused_where_its_size_would_not_fit(tmp_path):
+    """A RIFF size is 32 bits: a tag that would grow the file past it is refused (it was
+    an OverflowError, a traceback, after copying the whole file)."""
+    from tagger import id3raw
+    path = tmp_path / "huge.wav"
+    riff_size = 0xFFFF_FFF0
+    with open(path, "wb") as fh:                        # sparse: takes no room on disk
+        fh.write(_wav_header(riff_size, riff_size - 36))
+        fh.truncate(8 + riff_size)
+    with open(path, "rb+") as fh:
+        tag, place = id3raw.read(fh, "wav")
+        assert tag is None
+        with pytest.raises(id3raw.Unsupported, match="too close to 4 GiB"):
+            id3raw.write(fh, place, id3raw.assemble(4, 0, b"", 1034))
+    assert path.stat().st_size == 8 + riff_size

@@ -356,3 +356,38 @@ def test_a_wav_near_4_gib_is_refused_where_its_size_would_not_fit(tmp_path):
         with pytest.raises(id3raw.Unsupported, match="too close to 4 GiB"):
             id3raw.write(fh, place, id3raw.assemble(4, 0, b"", 1034))
     assert path.stat().st_size == 8 + riff_size
+
+
+def test_a_multiplexed_ogg_verifies_stream_by_stream(tmp_path):
+    """An Ogg file with two logical streams (Vorbis and Opus, pages interleaved): mutagen
+    rewrites only the Vorbis comment pages; the check compared the pages of both streams
+    as one and refused the file as "would change the audio"."""
+    from mutagen.ogg import OggPage
+    from tagfixtures import _audio, synth
+
+    def pages(path: Path) -> list:
+        out = []
+        with open(path, "rb") as fh:
+            while True:
+                try:
+                    out.append(OggPage(fh))
+                except EOFError:
+                    return out
+
+    a = synth.encode(tmp_path / "a.ogg", _audio(), 22050)
+    b = synth.encode(tmp_path / "b.opus", _audio(), 22050)
+    pa, pb = pages(a), pages(b)
+    for page in pb:
+        page.serial = pa[0].serial + 1
+    order = [pa[0], pb[0]] + [p for pair in zip(pa[1:], pb[1:]) for p in pair]
+    order += pa[len(pb):] + pb[len(pa):]
+    path = tmp_path / "mux.ogg"
+    path.write_bytes(b"".join(p.write() for p in order))
+    opus = [p.write() for p in pages(path) if p.serial == pb[0].serial]
+    state = tags.read(str(path))
+    tags.write_fields(str(path), state.planned(["Jazz"], [("TAGGER_LONG", "x" * 100_000)]),
+                      custom_too=True)
+    assert genres_of(path) == ["Jazz"]
+    assert [p.write() for p in pages(path) if p.serial == pb[0].serial] == opus
+    tags.restore_fields(str(path), state.backup())
+    assert genres_of(path) == []

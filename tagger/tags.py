@@ -422,6 +422,20 @@ def _convertible(tag: id3raw.Tag, tags, version: int) -> None:
                        f"{', '.join(sorted(lost))}; left unchanged")
 
 
+def check_conversion(path: str, version: int | None) -> None:
+    """Raise TagError if write_fields would refuse to convert the file's ID3v2 tag to
+    v2.`version` (see _convertible): what a dry run reports."""
+    f, table, _ = _load(path)
+    if table is not ID3_FIELDS or not version or f.tags is None:
+        return
+    tag = _raw(path, type(f))[0]
+    if tag is not None and tag.version != version:
+        try:
+            _convertible(tag, f.tags, version)
+        except TagError as exc:
+            raise TagError(exc.reason, path) from None
+
+
 def _v23_id(fid: str) -> str:
     """The id mutagen loads a v2.2 frame as (TT2 -> TIT2); a v2.2-only frame keeps its own."""
     kind = Frames_2_2.get(fid)

@@ -251,6 +251,21 @@ def test_write_tags_id3v24_names_the_frames_it_would_lose(copies, hostile, tmp_p
         assert list(index.backups()) == []      # undo another program's edit
 
 
+def test_a_dry_run_names_the_frames_a_version_change_would_lose(copies, hostile, tmp_path):
+    """The dry run said "Rock -> Hip-Hop" for a file that the real run then skipped."""
+    path = copies / "hostile23.mp3"
+    db = tmp_path / "index.db"
+    with Index(db) as index:
+        st = path.stat()
+        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    result = run("write-tags", "--db", db, "--overwrite", "--id3v24", "--dry-run")
+    assert (f"{path}: converting to ID3v2.4 would lose frames COMM, RGAD, TXXX, USLT; "
+            "left unchanged\n") in result.stderr, result.output
+    assert "Would write genres to 0 files: 0 unchanged, 0 below 50% confidence, 1 skipped." \
+        in result.stdout
+    assert path.read_bytes() == hostile["hostile23.mp3"].read_bytes()
+
+
 def test_frames_with_flags_keep_their_bytes_and_ours_are_found_inside(tmp_path):
     """v2.4 frame flags: tagger's own TXXX compressed with a data length indicator is found
     and replaced; another, unsynchronised, keeps its bytes (mutagen would rewrite it plain)."""

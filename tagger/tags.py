@@ -23,6 +23,7 @@ import contextlib
 import copy
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -312,8 +313,18 @@ def _convert(tags, version: int) -> None:
     (back.update_to_v24 if version == 3 else back.update_to_v23)()
     for frame in removed:
         again = back.get(frame.HashKey)
-        if again is None or again._pprint() != frame._pprint():
+        if again is None or _content(again) != _content(frame):
             tags.add(frame)
+
+
+_ENCODING = re.compile(r"encoding=<Encoding\.\w+: \d+>, ")
+
+
+def _content(frame) -> str:
+    """What a frame holds, whatever its text encoding (which a v2.3 save changes): its
+    repr without the encodings. (mutagen's _pprint says "[unrepresentable data]" for any
+    list of people, TIPL, TMCL and IPLS, and leaves binary data out.)"""
+    return _ENCODING.sub("", repr(frame))
 
 
 def _target_version(state: TagState, asked: int | None) -> int:
@@ -513,7 +524,7 @@ def _view(path: str, kind: type, version: int) -> list:
     frames = [fr._get_v23_frame(sep="/") if version == 3 else fr for fr in tags.values()
               if not (fr.FrameID in id3raw.GENRE_IDS
                       or (fr.FrameID in id3raw.CUSTOM_IDS and fr.desc.startswith(PREFIX)))]
-    return sorted(id3raw.Frame(fr.HashKey, b"", fr._pprint().encode()) for fr in frames)
+    return sorted(id3raw.Frame(fr.HashKey, b"", _content(fr).encode()) for fr in frames)
 
 
 def _others(f) -> dict:

@@ -406,3 +406,27 @@ def test_a_multiplexed_ogg_verifies_stream_by_stream(tmp_path):
     assert [p.write() for p in pages(path) if p.serial == pb[0].serial] == opus
     tags.restore_fields(str(path), state.backup())
     assert genres_of(path) == []
+
+
+def test_credits_survive_a_v23_round_trip(tmp_path):
+    """Picard writes v2.4 TIPL (producer...) and TMCL (performers); v2.3 has one IPLS for
+    both. Whether TIPL comes back from IPLS was judged by mutagen's _pprint, which is
+    "[unrepresentable data]" for every list of people: TIPL was not kept beside IPLS, and
+    the restore to v2.4 lost the producer."""
+    from mutagen.id3 import ID3, TIPL, TMCL, TIT2
+    from tagfixtures import BARE_MP3, _audio, synth
+    path = synth.encode(tmp_path / "credits.mp3", _audio(), 22050, options=BARE_MP3)
+    id3 = ID3()
+    id3.add(TIT2(encoding=3, text=["Title"]))
+    id3.add(TIPL(encoding=3, people=[["producer", "P"]]))
+    id3.add(TMCL(encoding=3, people=[["guitar", "G"]]))
+    id3.save(path, v2_version=4)
+    db = tmp_path / "index.db"
+    with Index(db) as index:
+        st = path.stat()
+        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    run("write-tags", "--db", db, "--id3v23")
+    assert "Restored 1 files" in run("restore-tags", "--db", db).stdout
+    id3 = ID3(path)
+    assert id3.version == (2, 4, 0)
+    assert id3["TIPL"].people == [["producer", "P"]] and id3["TMCL"].people == [["guitar", "G"]]

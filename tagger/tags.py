@@ -524,7 +524,7 @@ def _view(path: str, kind: type, version: int) -> list:
     frames = [fr._get_v23_frame(sep="/") if version == 3 else fr for fr in tags.values()
               if not (fr.FrameID in id3raw.GENRE_IDS
                       or (fr.FrameID in id3raw.CUSTOM_IDS and fr.desc.startswith(PREFIX)))]
-    return sorted(id3raw.Frame(fr.HashKey, b"", _content(fr).encode()) for fr in frames)
+    return sorted(id3raw.Frame(fr.FrameID, b"", _content(fr).encode()) for fr in frames)
 
 
 def _others(f) -> dict:

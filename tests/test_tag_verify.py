@@ -430,3 +430,32 @@ def test_credits_survive_a_v23_round_trip(tmp_path):
     id3 = ID3(path)
     assert id3.version == (2, 4, 0)
     assert id3["TIPL"].people == [["producer", "P"]] and id3["TMCL"].people == [["guitar", "G"]]
+
+
+def test_a_version_change_that_alters_binary_data_is_refused(tmp_path):
+    """After --id3v23/--id3v24 frames are compared as mutagen reads them: the comparison
+    must see a list of people, which _pprint leaves out, and name a frame by its id (a
+    PRIV's key holds its binary payload)."""
+    from mutagen.id3 import ID3, PRIV, TIPL
+    from tagfixtures import BARE_MP3, _audio, synth
+    path = synth.encode(tmp_path / "priv.mp3", _audio(), 22050, options=BARE_MP3)
+    id3 = ID3()
+    id3.add(PRIV(owner="app", data=b"\x00\x01\x02"))
+    id3.add(TIPL(encoding=3, people=[["producer", "P"]]))
+    id3.save(path, v2_version=4)
+    before = path.read_bytes()
+
+    def damage(temp: str) -> None:
+        f = mutagen.File(temp)
+        f.tags.delall("PRIV")
+        f.tags.add(PRIV(owner="app", data=b"\x09\x09\x09"))
+        f.tags["TIPL"].people = [["producer", "Q"]]
+        f.tags.add(mutagen.id3.TCON(encoding=3, text=["Jazz"]))
+        f.tags.update_to_v23()
+        f.save(v2_version=3)
+        tags.verify(str(path), temp, [("TCON", "Jazz")], version=3)
+
+    with pytest.raises(tags.TagError) as info:
+        tags.replace_safely(str(path), damage)
+    assert info.value.reason == "would change frames IPLS, PRIV; left unchanged"
+    assert path.read_bytes() == before

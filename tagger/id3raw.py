@@ -25,6 +25,7 @@ PREFIX = "TAGGER_"                  # the custom fields tagger writes, as in tag
 GENRE_IDS = {"TCON", "TCO"}
 CUSTOM_IDS = {"TXXX", "TXX"}
 NEW_TAG_PADDING = 1024
+MAX_CHUNKS = 10_000                 # a WAV or AIFF has a handful; walking more is damage
 
 
 class Unsupported(ValueError):
@@ -182,6 +183,9 @@ def locate(fh, kind: str) -> Place:
         if at + 8 + size > place.end:
             raise Unsupported(_damaged(place))
         place.chunks.append((cid, at, size))
+        if len(place.chunks) > MAX_CHUNKS:     # zeros inside the size: 8 bytes a chunk
+            raise Unsupported(f"has over {MAX_CHUNKS:,} chunks, more than audio files have "
+                              f"(zeros or damage inside its {'RIFF' if little else 'FORM'} size)")
         at += 8 + size + size % 2
     place.unpadded = at == place.end + 1
     if at not in (place.end, place.end + 1):
@@ -248,11 +252,15 @@ def write(fh, place: Place, data: bytes | None, unpadded: bool = False) -> None:
         before = [c for c in place.chunks if c[1] < at]
         if data is None and unpadded and at + old == place.end and before and before[-1][2] % 2:
             at, old = at - 1, old + 1             # the pad byte that tagger added
+    size = place.end - 8 + len(new) - old
+    if size >= 1 << 32:
+        raise Unsupported("is too close to 4 GiB for a tag: its 32-bit "
+                          f"{'RIFF' if order == 'little' else 'FORM'} size cannot grow")
     resize_bytes(fh, old, len(new), at)
     fh.seek(at)
     fh.write(new)
     fh.seek(4)
-    fh.write((place.end - 8 + len(new) - old).to_bytes(4, order))
+    fh.write(size.to_bytes(4, order))
 
 
 def _regions(place: Place) -> list[tuple[bytes, int, int | None]]:

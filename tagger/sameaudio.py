@@ -93,20 +93,26 @@ def _flac_audio(fh) -> int:
     return fh.tell()
 
 
-def _ogg_audio(path: str, headers: int) -> tuple[list, list]:
-    """(the first `headers` packets but the comments, every later page but its sequence
-    number and checksum)."""
+def _ogg_audio(path: str, headers: int) -> tuple[list, list, dict]:
+    """Of the first Vorbis or Opus stream, which mutagen tags: (the first `headers` packets
+    but the comments, every later page but its sequence number and checksum); and every
+    page of the other streams that the file multiplexes with it, by serial number."""
     with open(path, "rb") as fh:
         data = fh.read()
-    pages, at = [], 0
+    streams: dict[bytes, list] = {}
+    at = 0
     while at + 27 <= len(data) and data[at:at + 4] == b"OggS":
         n = data[at + 26]
         table = data[at + 27:at + 27 + n]
         body = data[at + 27 + n:at + 27 + n + sum(table)]
-        pages.append((data[at + 4:at + 18], table, body))     # version, flags, granule, serial
+        streams.setdefault(data[at + 14:at + 18], []).append(
+            (data[at + 4:at + 18], table, body))             # version, flags, granule, serial
         at += 27 + n + sum(table)
     if at != len(data):
         raise TagError("its Ogg pages are damaged; left unchanged")
+    magic = b"\x01vorbis" if headers == 3 else b"OpusHead"
+    serial = next((k for k, v in streams.items() if v[0][2].startswith(magic)), None)
+    pages = streams.pop(serial, [])
     packets, current, first = [], b"", 0
     while len(packets) < headers and first < len(pages):
         _, table, body = pages[first]
@@ -118,7 +124,7 @@ def _ogg_audio(path: str, headers: int) -> tuple[list, list]:
                 packets.append(current)
                 current = b""
         first += 1
-    return packets[:1] + packets[2:] + [current], pages[first:]
+    return packets[:1] + packets[2:] + [current], pages[first:], streams
 
 
 def _packets(path: str) -> bytes:

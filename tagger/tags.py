@@ -23,6 +23,7 @@ import contextlib
 import copy
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -312,8 +313,18 @@ def _convert(tags, version: int) -> None:
     (back.update_to_v24 if version == 3 else back.update_to_v23)()
     for frame in removed:
         again = back.get(frame.HashKey)
-        if again is None or again._pprint() != frame._pprint():
+        if again is None or _content(again) != _content(frame):
             tags.add(frame)
+
+
+_ENCODING = re.compile(r"encoding=<Encoding\.\w+: \d+>, ")
+
+
+def _content(frame) -> str:
+    """What a frame holds, whatever its text encoding (which a v2.3 save changes): its
+    repr without the encodings. (mutagen's _pprint says "[unrepresentable data]" for any
+    list of people, TIPL, TMCL and IPLS, and leaves binary data out.)"""
+    return _ENCODING.sub("", repr(frame))
 
 
 def _target_version(state: TagState, asked: int | None) -> int:
@@ -390,8 +401,8 @@ def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, ve
             body, flags = tag.body(), tag.flags
         else:
             _convertible(tag, f.tags, version)
+            _convert(f.tags, version)       # first: it rewrites "(17)" genres as "Rock"
             ID3_FIELDS.put(f.tags, pairs, custom_too, backup)
-            _convert(f.tags, version)
             body, flags = bytes(f.tags._write(ID3SaveConfig(version, "/"))), 0
         if backup is not None and not backup["tagged"] and not body:
             id3raw.write(fh, place, None, unpadded=backup.get("unpadded", False))
@@ -420,6 +431,20 @@ def _convertible(tag: id3raw.Tag, tags, version: int) -> None:
     if lost:
         raise TagError(f"converting to ID3v2.{version} would lose frame{'s' * (len(lost) > 1)} "
                        f"{', '.join(sorted(lost))}; left unchanged")
+
+
+def check_conversion(path: str, version: int | None) -> None:
+    """Raise TagError if write_fields would refuse to convert the file's ID3v2 tag to
+    v2.`version` (see _convertible): what a dry run reports."""
+    f, table, _ = _load(path)
+    if table is not ID3_FIELDS or not version or f.tags is None:
+        return
+    tag = _raw(path, type(f))[0]
+    if tag is not None and tag.version != version:
+        try:
+            _convertible(tag, f.tags, version)
+        except TagError as exc:
+            raise TagError(exc.reason, path) from None
 
 
 def _v23_id(fid: str) -> str:
@@ -499,7 +524,7 @@ def _view(path: str, kind: type, version: int) -> list:
     frames = [fr._get_v23_frame(sep="/") if version == 3 else fr for fr in tags.values()
               if not (fr.FrameID in id3raw.GENRE_IDS
                       or (fr.FrameID in id3raw.CUSTOM_IDS and fr.desc.startswith(PREFIX)))]
-    return sorted(id3raw.Frame(fr.HashKey, b"", fr._pprint().encode()) for fr in frames)
+    return sorted(id3raw.Frame(fr.FrameID, b"", _content(fr).encode()) for fr in frames)
 
 
 def _others(f) -> dict:

@@ -143,7 +143,9 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
             return Outcome(path, "unchanged", state.genres, state.genres)
         if tags.read_only(path):
             raise TagError("read-only; left unchanged", path)
-        if not opts.dry_run:
+        if opts.dry_run:
+            tags.check_conversion(path, opts.id3_version)
+        else:
             created = index.save_backup(path, state.backup())
             try:
                 new = tags.write_fields(

@@ -251,6 +251,21 @@ def test_write_tags_id3v24_names_the_frames_it_would_lose(copies, hostile, tmp_p
         assert list(index.backups()) == []      # undo another program's edit
 
 
+def test_a_dry_run_names_the_frames_a_version_change_would_lose(copies, hostile, tmp_path):
+    """The dry run said "Rock -> Hip-Hop" for a file that the real run then skipped."""
+    path = copies / "hostile23.mp3"
+    db = tmp_path / "index.db"
+    with Index(db) as index:
+        st = path.stat()
+        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    result = run("write-tags", "--db", db, "--overwrite", "--id3v24", "--dry-run")
+    assert (f"{path}: converting to ID3v2.4 would lose frames COMM, RGAD, TXXX, USLT; "
+            "left unchanged\n") in result.stderr, result.output
+    assert "Would write genres to 0 files: 0 unchanged, 0 below 50% confidence, 1 skipped." \
+        in result.stdout
+    assert path.read_bytes() == hostile["hostile23.mp3"].read_bytes()
+
+
 def test_frames_with_flags_keep_their_bytes_and_ours_are_found_inside(tmp_path):
     """v2.4 frame flags: tagger's own TXXX compressed with a data length indicator is found
     and replaced; another, unsynchronised, keeps its bytes (mutagen would rewrite it plain)."""
@@ -295,4 +310,152 @@ def test_itunes_v24_sizes_that_are_not_syncsafe_are_kept(tmp_path):
     assert genres_of(path) == ["Jazz"] and mutagen.File(path).tags["TIT2"].text == ["L" * 300]
     assert path.read_bytes()[10:10 + 10 + 301] == before[10:10 + 10 + 301]
     tags.restore_fields(str(path), state.backup())
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("version, flag, genre", [(3, "--id3v24", b"(17)"), (3, "--id3v24", b"(17)Rock"),
+                                                  (4, "--id3v23", b"Rock\x00Jazz\x00(17)")])
+def test_a_restore_after_a_version_change_gives_back_numeric_genres(tmp_path, version, flag, genre):
+    """ID3v1-style genre references ("(17)") are common in old tags; mutagen's version
+    conversion rewrites them ("Rock"), so the restore used to fail its own check and the
+    file could not be restored."""
+    from tagfixtures import BARE_MP3, _audio, synth
+    path = synth.encode(tmp_path / "old.mp3", _audio(), 22050, options=BARE_MP3)
+    path.write_bytes(id3_tag([("TIT2", b"\x00Title"), ("TCON", b"\x00" + genre)], version)
+                     + path.read_bytes())
+    state = tags.read(str(path))
+    db = tmp_path / "index.db"
+    with Index(db) as index:
+        st = path.stat()
+        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    run("write-tags", "--db", db, "--overwrite", flag)
+    assert genres_of(path) == ["Hip-Hop"]
+    result = run("restore-tags", "--db", db)
+    assert "Restored 1 files: 0 unchanged, 0 skipped." in result.stdout, result.output
+    after = tags.read(str(path))
+    assert after.fields == state.fields and after.id3_version == version
+
+
+def _wav_header(riff_size: int, data_size: int) -> bytes:
+    fmt = bytes.fromhex("0100 0100 22560000 44ac0000 0200 1000")     # PCM, mono, 16 bits
+    return (b"RIFF" + riff_size.to_bytes(4, "little") + b"WAVE" + b"fmt " + (16).to_bytes(4, "little")
+            + fmt + b"data" + data_size.to_bytes(4, "little"))
+
+
+def test_a_riff_size_that_covers_zeros_is_refused_not_walked(tmp_path):
+    """Zeros inside the RIFF size read as empty chunks, 8 bytes each: in a sparse or
+    preallocated file of gigabytes, walking them took hours. A chunk list longer than any
+    audio file's is refused with a reason."""
+    path = tmp_path / "zeros.wav"
+    pcm = bytes(2000)
+    zeros = bytes(200_000)
+    data = _wav_header(4 + 24 + 8 + len(pcm) + len(zeros), len(pcm)) + pcm + zeros
+    path.write_bytes(data)
+    with pytest.raises(tags.TagError, match="chunks"):
+        tags.read(str(path))
+    assert path.read_bytes() == data
+
+
+def test_a_wav_near_4_gib_is_refused_where_its_size_would_not_fit(tmp_path):
+    """A RIFF size is 32 bits: a tag that would grow the file past it is refused (it was
+    an OverflowError, a traceback, after copying the whole file)."""
+    from tagger import id3raw
+    path = tmp_path / "huge.wav"
+    riff_size = 0xFFFF_FFF0
+    with open(path, "wb") as fh:                        # sparse: takes no room on disk
+        fh.write(_wav_header(riff_size, riff_size - 36))
+        fh.truncate(8 + riff_size)
+    with open(path, "rb+") as fh:
+        tag, place = id3raw.read(fh, "wav")
+        assert tag is None
+        with pytest.raises(id3raw.Unsupported, match="too close to 4 GiB"):
+            id3raw.write(fh, place, id3raw.assemble(4, 0, b"", 1034))
+    assert path.stat().st_size == 8 + riff_size
+
+
+def test_a_multiplexed_ogg_verifies_stream_by_stream(tmp_path):
+    """An Ogg file with two logical streams (Vorbis and Opus, pages interleaved): mutagen
+    rewrites only the Vorbis comment pages; the check compared the pages of both streams
+    as one and refused the file as "would change the audio"."""
+    from mutagen.ogg import OggPage
+    from tagfixtures import _audio, synth
+
+    def pages(path: Path) -> list:
+        out = []
+        with open(path, "rb") as fh:
+            while True:
+                try:
+                    out.append(OggPage(fh))
+                except EOFError:
+                    return out
+
+    a = synth.encode(tmp_path / "a.ogg", _audio(), 22050)
+    b = synth.encode(tmp_path / "b.opus", _audio(), 22050)
+    pa, pb = pages(a), pages(b)
+    for page in pb:
+        page.serial = pa[0].serial + 1
+    order = [pa[0], pb[0]] + [p for pair in zip(pa[1:], pb[1:]) for p in pair]
+    order += pa[len(pb):] + pb[len(pa):]
+    path = tmp_path / "mux.ogg"
+    path.write_bytes(b"".join(p.write() for p in order))
+    opus = [p.write() for p in pages(path) if p.serial == pb[0].serial]
+    state = tags.read(str(path))
+    tags.write_fields(str(path), state.planned(["Jazz"], [("TAGGER_LONG", "x" * 100_000)]),
+                      custom_too=True)
+    assert genres_of(path) == ["Jazz"]
+    assert [p.write() for p in pages(path) if p.serial == pb[0].serial] == opus
+    tags.restore_fields(str(path), state.backup())
+    assert genres_of(path) == []
+
+
+def test_credits_survive_a_v23_round_trip(tmp_path):
+    """Picard writes v2.4 TIPL (producer...) and TMCL (performers); v2.3 has one IPLS for
+    both. Whether TIPL comes back from IPLS was judged by mutagen's _pprint, which is
+    "[unrepresentable data]" for every list of people: TIPL was not kept beside IPLS, and
+    the restore to v2.4 lost the producer."""
+    from mutagen.id3 import ID3, TIPL, TMCL, TIT2
+    from tagfixtures import BARE_MP3, _audio, synth
+    path = synth.encode(tmp_path / "credits.mp3", _audio(), 22050, options=BARE_MP3)
+    id3 = ID3()
+    id3.add(TIT2(encoding=3, text=["Title"]))
+    id3.add(TIPL(encoding=3, people=[["producer", "P"]]))
+    id3.add(TMCL(encoding=3, people=[["guitar", "G"]]))
+    id3.save(path, v2_version=4)
+    db = tmp_path / "index.db"
+    with Index(db) as index:
+        st = path.stat()
+        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    run("write-tags", "--db", db, "--id3v23")
+    assert "Restored 1 files" in run("restore-tags", "--db", db).stdout
+    id3 = ID3(path)
+    assert id3.version == (2, 4, 0)
+    assert id3["TIPL"].people == [["producer", "P"]] and id3["TMCL"].people == [["guitar", "G"]]
+
+
+def test_a_version_change_that_alters_binary_data_is_refused(tmp_path):
+    """After --id3v23/--id3v24 frames are compared as mutagen reads them: the comparison
+    must see a list of people, which _pprint leaves out, and name a frame by its id (a
+    PRIV's key holds its binary payload)."""
+    from mutagen.id3 import ID3, PRIV, TIPL
+    from tagfixtures import BARE_MP3, _audio, synth
+    path = synth.encode(tmp_path / "priv.mp3", _audio(), 22050, options=BARE_MP3)
+    id3 = ID3()
+    id3.add(PRIV(owner="app", data=b"\x00\x01\x02"))
+    id3.add(TIPL(encoding=3, people=[["producer", "P"]]))
+    id3.save(path, v2_version=4)
+    before = path.read_bytes()
+
+    def damage(temp: str) -> None:
+        f = mutagen.File(temp)
+        f.tags.delall("PRIV")
+        f.tags.add(PRIV(owner="app", data=b"\x09\x09\x09"))
+        f.tags["TIPL"].people = [["producer", "Q"]]
+        f.tags.add(mutagen.id3.TCON(encoding=3, text=["Jazz"]))
+        f.tags.update_to_v23()
+        f.save(v2_version=3)
+        tags.verify(str(path), temp, [("TCON", "Jazz")], version=3)
+
+    with pytest.raises(tags.TagError) as info:
+        tags.replace_safely(str(path), damage)
+    assert info.value.reason == "would change frames IPLS, PRIV; left unchanged"
     assert path.read_bytes() == before

@@ -3,15 +3,17 @@ a teacher (distillation): real music of many kinds that no genre label comes wit
 
 Each package is downloaded by name with `apt-get download` into a temporary folder (no root
 needed), unpacked with `dpkg-deb -x`, and only the audio files tagger decodes (and that a
-package's keep pattern selects: a game's data package holds sound effects too) are kept, in
-<dest>/<package>/<path inside the package>, with the package's copyright file beside them
-as <dest>/<package>/copyright. <dest>/manifest.json records each package's version,
-licence, files, seconds and bytes; a package already there at the same version is skipped.
+package's keep pattern selects: a game's data package holds sound effects too) are kept,
+those inside zip archives (.pk3, .zip) too, in <dest>/<package>/<path inside the package>,
+with the package's copyright file beside them as <dest>/<package>/copyright.
+<dest>/manifest.json records each package's version, licence, files, seconds and bytes; a
+package already there at the same version (and keep pattern) is skipped.
 Wesnoth's music is kept out of training on purpose: any package whose name holds "wesnoth"
 is refused.
 
     python scripts/fetch_unlabelled.py                  # every package in unlabelled_packages.txt
     python scripts/fetch_unlabelled.py nexuiz-music asc-music --dest /data/unlabelled
+    python scripts/fetch_unlabelled.py ./some-music_1.0_all.deb       # a package file as is
 
 <dest> defaults to "unlabelled" beside the feature cache (~/.cache/tagger/unlabelled, or
 $TAGGER_CACHE/../unlabelled). Never commit what it fetches.
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,7 @@ from tagger.recipe import default_cache_dir  # noqa: E402
 PACKAGE_LIST = Path(__file__).with_name("unlabelled_packages.txt")
 MANIFEST = "manifest.json"
 REFUSED = "wesnoth"
+ARCHIVES = (".pk3", ".zip")    # games that keep their music in zip files (Quake's .pk3)
 
 
 class FetchError(Exception):
@@ -87,19 +91,21 @@ def save_manifest(dest: Path, manifest: dict) -> None:
         f.write("\n")
 
 
-def have(manifest: dict, dest: Path, name: str, version: str) -> bool:
-    """Is `name` already in `dest` at `version`?"""
+def have(manifest: dict, dest: Path, name: str, version: str, keep: str) -> bool:
+    """Is `name` already in `dest` at `version`, kept with the same pattern?"""
     entry = manifest["packages"].get(name)
-    return bool(entry) and entry["version"] == version and (dest / name).is_dir()
+    return bool(entry) and (entry["version"], entry["keep"]) == (version, keep) and (dest / name).is_dir()
 
 
 # --- licences ------------------------------------------------------------------------------
 
 _PHRASES = [   # for copyright files that are not machine-readable (DEP-5)
-    (r"GNU (?:General Public License|GPL)[^.]*?version (\d)", "GPL-{}"),
-    (r"GNU (?:General Public License|GPL)", "GPL"),
-    (r"Creative Commons Attribution[- ]Share[- ]?Alike", "CC-BY-SA"),
-    (r"Creative Commons Attribution(?![- ]Share)", "CC-BY"),
+    (r"Permission is hereby granted, free of charge", "MIT"),
+    (r"GNU General Public License[^.]{0,80}?version (\d)(?:[^.]{0,40}?any (later))?", "GPL-{}{}"),
+    (r"\bGNU General Public License\b|\bGPL\b", "GPL"),
+    (r"Attribution[-, ]+Share-? ?Alike(?: licen[cs]e)?[ ]+(\d\.\d)", "CC-BY-SA-{}"),
+    (r"Attribution[-, ]+Share-? ?Alike", "CC-BY-SA"),
+    (r"Creative Commons Attribution(?![-, ]+Share)[ ]+(\d\.\d)", "CC-BY-{}"),
     (r"Artistic License", "Artistic"),
     (r"public domain", "public-domain"),
 ]
@@ -143,7 +149,7 @@ def licence(copyright_text: str, paths: list[str]) -> str:
         return ", ".join(found) or "unknown (no Files stanza covers the audio)"
     for pattern, label in _PHRASES:
         for m in re.finditer(pattern, copyright_text, re.IGNORECASE):
-            name = label.format(*m.groups())
+            name = label.format(*("+" if g == "later" else g or "" for g in m.groups()))
             if name not in found and not any(f.startswith(name) for f in found):
                 found.append(name)
     return ", ".join(found) or "unknown (read the copyright file)"
@@ -197,15 +203,30 @@ def _seconds(path: Path) -> float | None:
         return None
 
 
-def add_deb(deb: Path, dest: Path, keep: str = "*", manifest: dict | None = None) -> dict | None:
-    """Unpack `deb` and keep its audio in dest/<package>. Returns the manifest entry, or
-    None if the package is already there at this version. Saves the manifest."""
+def _unpack(archive: Path) -> None:
+    """Replace a zip archive by a folder of the same name that holds its audio members."""
+    folder = archive.with_name(archive.name + ".unpacked")
+    try:
+        with zipfile.ZipFile(archive) as z:
+            for member in z.infolist():
+                if not member.is_dir() and Path(member.filename).suffix.lower() in AUDIO_EXTENSIONS:
+                    z.extract(member, folder)
+    except zipfile.BadZipFile:
+        return                  # not a zip after all: leave it, it is not audio either
+    archive.unlink()
+    if folder.exists():
+        folder.rename(archive)
+
+
+def add_deb(deb: Path, dest: Path, keep: str = "*", manifest: dict | None = None) -> tuple[str, bool]:
+    """Unpack `deb` and keep its audio in dest/<package>, and save the manifest. Returns the
+    package's name and False if it was already there at this version (nothing done)."""
     name, version = _field(deb, "Package"), _field(deb, "Version")
     if refused(name):
         raise FetchError(f"refused: {REFUSED.title()}'s music is kept out of training on purpose")
     manifest = load_manifest(dest) if manifest is None else manifest
-    if have(manifest, dest, name, version):
-        return None
+    if have(manifest, dest, name, version, keep):
+        return name, False
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=dest) as tmp:
         root, out = Path(tmp) / "root", Path(tmp) / name
@@ -215,6 +236,8 @@ def add_deb(deb: Path, dest: Path, keep: str = "*", manifest: dict | None = None
         copyright_file = root / "usr/share/doc" / name / "copyright"
         if not copyright_file.is_file():
             raise FetchError(f"no /usr/share/doc/{name}/copyright in the package: its licence is unknown")
+        for archive in [p for p in root.rglob("*") if p.suffix.lower() in ARCHIVES and p.is_file()]:
+            _unpack(archive)
         kept, seconds, size, undecodable = [], 0.0, 0, 0
         for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
             rel = path.relative_to(root).as_posix()
@@ -242,21 +265,23 @@ def add_deb(deb: Path, dest: Path, keep: str = "*", manifest: dict | None = None
         out.rename(old)
     manifest["packages"][name] = entry
     save_manifest(dest, manifest)
-    return entry
+    return name, True
 
 
-def fetch(package: Package, dest: Path, manifest: dict) -> dict | None:
-    """Download and add one package; None if it is already there. Raises FetchError."""
+def fetch(package: Package, dest: Path, manifest: dict) -> tuple[str, bool]:
+    """Download and add one package (see add_deb). Raises FetchError."""
     if refused(package.name):
         raise FetchError(f"refused: {REFUSED.title()}'s music is kept out of training on purpose")
+    if package.name.endswith(".deb"):          # a package file already on disk
+        return add_deb(Path(package.name), dest, package.keep, manifest)
     version = candidate_version(package.name)
     if version is None and os.geteuid() == 0:
         _run(["apt-get", "update"])
         version = candidate_version(package.name)
     if version is None:
         raise FetchError("apt does not know this package: check the name, or run `sudo apt-get update`")
-    if have(manifest, dest, package.name, version):
-        return None
+    if have(manifest, dest, package.name, version, package.keep):
+        return package.name, False
     with tempfile.TemporaryDirectory(prefix="fetch-unlabelled.") as tmp:
         return add_deb(download(package.name, Path(tmp)), dest, package.keep, manifest)
 
@@ -268,7 +293,7 @@ def describe(entry: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("packages", nargs="*", help="package names (default: the list file)")
+    parser.add_argument("packages", nargs="*", help="package names or .deb files (default: the list file)")
     parser.add_argument("--list", type=Path, default=PACKAGE_LIST, help="the package list file")
     parser.add_argument("--dest", type=Path, default=None, help="where the audio goes")
     args = parser.parse_args(argv)
@@ -277,17 +302,18 @@ def main(argv: list[str] | None = None) -> int:
     packages = [listed.get(n, Package(n)) for n in args.packages] or list(listed.values())
     dest = args.dest or default_dest()
     manifest = load_manifest(dest)
-    failed, start = 0, time.monotonic()
+    names, failed, start = [], 0, time.monotonic()
     for package in packages:
         try:
-            entry = fetch(package, dest, manifest)
+            name, fresh = fetch(package, dest, manifest)
         except FetchError as e:
             failed += 1
             print(f"Error: {package.name}: {e}", flush=True)
             continue
-        state = "already fetched" if entry is None else "fetched"
-        print(f"{package.name} {state} {describe(entry or manifest['packages'][package.name])}", flush=True)
-    entries = [manifest["packages"][p.name] for p in packages if p.name in manifest["packages"]]
+        names.append(name)
+        state = "fetched" if fresh else "already fetched"
+        print(f"{name} {state} {describe(manifest['packages'][name])}", flush=True)
+    entries = [manifest["packages"][name] for name in names]
     print(f"{len(entries)} packages in {dest}: {sum(e['files'] for e in entries)} files, "
           f"{sum(e['seconds'] for e in entries) / 3600:.2f} h, {sum(e['bytes'] for e in entries) / 1e9:.2f} GB "
           f"({time.monotonic() - start:.0f} s){f'; {failed} failed' if failed else ''}")

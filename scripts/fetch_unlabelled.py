@@ -83,6 +83,8 @@ def load_manifest(dest: Path) -> dict:
         return json.loads((dest / MANIFEST).read_text())
     except FileNotFoundError:
         return {"packages": {}}
+    except ValueError:
+        raise SystemExit(f"Error: {dest / MANIFEST} is damaged: delete it (and {dest}) and fetch again")
 
 
 def save_manifest(dest: Path, manifest: dict) -> None:
@@ -93,8 +95,8 @@ def save_manifest(dest: Path, manifest: dict) -> None:
 
 def have(manifest: dict, dest: Path, name: str, version: str, keep: str) -> bool:
     """Is `name` already in `dest` at `version`, kept with the same pattern?"""
-    entry = manifest["packages"].get(name)
-    return bool(entry) and (entry["version"], entry["keep"]) == (version, keep) and (dest / name).is_dir()
+    entry = manifest["packages"].get(name) or {}
+    return (entry.get("version"), entry.get("keep")) == (version, keep) and (dest / name).is_dir()
 
 
 # --- licences ------------------------------------------------------------------------------
@@ -107,6 +109,8 @@ _PHRASES = [   # for copyright files that are not machine-readable (DEP-5)
     (r"Attribution[-, ]+Share-? ?Alike", "CC-BY-SA"),
     (r"Creative Commons Attribution(?![-, ]+Share)[ ]+(\d\.\d)", "CC-BY-{}"),
     (r"Artistic License", "Artistic"),
+    (r"\bISC licen[cs]e", "ISC"),
+    (r"\bCC0\b", "CC0"),
     (r"public domain", "public-domain"),
 ]
 
@@ -131,6 +135,7 @@ def _covers(patterns: list[str], path: str) -> bool:
     """Does a DEP-5 Files pattern (an upstream path) match the tail of an installed path?"""
     parts = path.split("/")
     tails = ["/".join(parts[i:]) for i in range(len(parts))]
+    patterns = [pat.removeprefix("./") for pat in patterns]
     return any(fnmatch.fnmatchcase(tail, pat) for pat in patterns for tail in tails)
 
 
@@ -165,7 +170,8 @@ def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProces
 
 
 def _first_error(proc: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("E:")] or proc.stderr.splitlines()
+    lines = proc.stderr.splitlines()
+    lines = [ln for ln in lines if ln.startswith("E:")] or lines
     return (lines[0] if lines else f"exit status {proc.returncode}").removeprefix("E: ")
 
 
@@ -218,7 +224,8 @@ def _unpack(archive: Path) -> None:
         folder.rename(archive)
 
 
-def add_deb(deb: Path, dest: Path, keep: str = "*", manifest: dict | None = None) -> tuple[str, bool]:
+def add_deb(deb: Path, dest: Path, keep: str = "*",
+            manifest: dict | None = None) -> tuple[str, bool]:
     """Unpack `deb` and keep its audio in dest/<package>, and save the manifest. Returns the
     package's name and False if it was already there at this version (nothing done)."""
     name, version = _field(deb, "Package"), _field(deb, "Version")
@@ -235,7 +242,8 @@ def add_deb(deb: Path, dest: Path, keep: str = "*", manifest: dict | None = None
             raise FetchError(f"dpkg-deb -x failed: {_first_error(proc)}")
         copyright_file = root / "usr/share/doc" / name / "copyright"
         if not copyright_file.is_file():
-            raise FetchError(f"no /usr/share/doc/{name}/copyright in the package: its licence is unknown")
+            raise FetchError(f"no /usr/share/doc/{name}/copyright in the package: "
+                             "its licence is unknown")
         for archive in [p for p in root.rglob("*") if p.suffix.lower() in ARCHIVES and p.is_file()]:
             _unpack(archive)
         kept, seconds, size, undecodable = [], 0.0, 0, 0
@@ -256,9 +264,9 @@ def add_deb(deb: Path, dest: Path, keep: str = "*", manifest: dict | None = None
         if not kept:
             raise FetchError(f"no audio that tagger decodes matches {keep!r} in the package")
         shutil.copyfile(copyright_file, out / "copyright")
-        entry = {"version": version, "licence": licence(copyright_file.read_text(errors="replace"), kept),
-                 "files": len(kept), "seconds": round(seconds, 1), "bytes": size, "keep": keep,
-                 "undecodable": undecodable}
+        entry = {"version": version, "keep": keep, "files": len(kept), "seconds": round(seconds, 1),
+                 "bytes": size, "undecodable": undecodable,
+                 "licence": licence(copyright_file.read_text(errors="replace"), kept)}
         old = dest / name
         if old.exists():
             shutil.rmtree(old)
@@ -279,7 +287,8 @@ def fetch(package: Package, dest: Path, manifest: dict) -> tuple[str, bool]:
         _run(["apt-get", "update"])
         version = candidate_version(package.name)
     if version is None:
-        raise FetchError("apt does not know this package: check the name, or run `sudo apt-get update`")
+        raise FetchError("apt does not know this package: check the name, "
+                         "or run `sudo apt-get update`")
     if have(manifest, dest, package.name, version, package.keep):
         return package.name, False
     with tempfile.TemporaryDirectory(prefix="fetch-unlabelled.") as tmp:
@@ -293,7 +302,8 @@ def describe(entry: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("packages", nargs="*", help="package names or .deb files (default: the list file)")
+    parser.add_argument("packages", nargs="*",
+                        help="package names or .deb files (default: the list file)")
     parser.add_argument("--list", type=Path, default=PACKAGE_LIST, help="the package list file")
     parser.add_argument("--dest", type=Path, default=None, help="where the audio goes")
     args = parser.parse_args(argv)
@@ -306,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     for package in packages:
         try:
             name, fresh = fetch(package, dest, manifest)
-        except FetchError as e:
+        except (FetchError, OSError) as e:          # a full disk, a file that cannot be read
             failed += 1
             print(f"Error: {package.name}: {e}", flush=True)
             continue
@@ -314,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         state = "fetched" if fresh else "already fetched"
         print(f"{name} {state} {describe(manifest['packages'][name])}", flush=True)
     entries = [manifest["packages"][name] for name in names]
+    hours, gb = sum(e["seconds"] for e in entries) / 3600, sum(e["bytes"] for e in entries) / 1e9
     print(f"{len(entries)} packages in {dest}: {sum(e['files'] for e in entries)} files, "
-          f"{sum(e['seconds'] for e in entries) / 3600:.2f} h, {sum(e['bytes'] for e in entries) / 1e9:.2f} GB "
-          f"({time.monotonic() - start:.0f} s){f'; {failed} failed' if failed else ''}")
+          f"{hours:.2f} h, {gb:.2f} GB ({time.monotonic() - start:.0f} s)"
+          + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
 
 

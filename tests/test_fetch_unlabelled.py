@@ -32,7 +32,7 @@ Files: *
 Copyright: 2026 tagger's tests
 License: GPL-2+
 
-Files: music/*
+Files: ./music/*
 Copyright: 2026 tagger's tests
 License: CC0-1.0
 """
@@ -161,3 +161,9 @@ def test_licences_from_a_free_form_copyright_file():
     assert fu.licence("licenced under the Creative Commons Attribution ShareAlike licence 3.0",
                       ["a.ogg"]) == "CC-BY-SA-3.0"
     assert fu.licence("All rights reserved.", ["a.ogg"]) == "unknown (read the copyright file)"
+
+
+def test_a_damaged_manifest_stops_with_one_line_and_the_fix(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"packages": {"asc-mu')
+    with pytest.raises(SystemExit, match=r"^Error: .*manifest.json is damaged: delete it"):
+        fu.main(["asc-music", "--dest", str(tmp_path)])

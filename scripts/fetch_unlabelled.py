@@ -131,12 +131,19 @@ def _stanzas(text: str) -> list[dict[str, str]]:
     return stanzas
 
 
+def _tails(path: str, least: int = 1) -> list[str]:
+    """"a/b/c" -> ["a/b/c", "b/c", "c"]; `least` parts at the least."""
+    parts = path.removeprefix("./").split("/")
+    return ["/".join(parts[i:]) for i in range(len(parts) - least + 1)] or [path]
+
+
 def _covers(patterns: list[str], path: str) -> bool:
-    """Does a DEP-5 Files pattern (an upstream path) match the tail of an installed path?"""
-    parts = path.split("/")
-    tails = ["/".join(parts[i:]) for i in range(len(parts))]
-    patterns = [pat.removeprefix("./") for pat in patterns]
-    return any(fnmatch.fnmatchcase(tail, pat) for pat in patterns for tail in tails)
+    """Does a DEP-5 Files pattern (an upstream path, "data/music/*") match an installed path
+    ("usr/share/games/x/music/a.ogg")? Packages move upstream folders, so a tail of the
+    pattern of two parts or more matching a tail of the path is enough."""
+    tails = _tails(path)
+    return any(fnmatch.fnmatchcase(tail, pat)
+               for pattern in patterns for pat in _tails(pattern, least=2) for tail in tails)
 
 
 def licence(copyright_text: str, paths: list[str]) -> str:

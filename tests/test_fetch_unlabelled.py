@@ -32,7 +32,7 @@ Files: *
 Copyright: 2026 tagger's tests
 License: GPL-2+
 
-Files: ./music/*
+Files: ./data/music/*
 Copyright: 2026 tagger's tests
 License: CC0-1.0
 """

@@ -1,5 +1,6 @@
-"""Track-level evaluation of a model (and of the MFCC baseline) on clips of a split, and the
-report: JSON plus PNG figures, written beside the checkpoint."""
+"""Track-level evaluation of a model (and of the MFCC baseline, and of the teacher+LR
+reference given a teacher) on clips of a split, and the report: JSON plus PNG figures,
+written beside the checkpoint."""
 
 from __future__ import annotations
 

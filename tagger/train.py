@@ -11,7 +11,7 @@
    epoch chosen, from `min_epochs` on: early epochs at a high learning rate give lucky
    spikes on a small validation set);
 4. the best epoch's weights become the checkpoint; the report compares them with the MFCC
-   baseline on the same split.
+   baseline on the same split (and with the teacher+LR reference, given a teacher).
 
 After every epoch the whole training state goes to `<out>.resume` (atomically), so that
 `--resume` continues an interrupted run exactly where it stopped.

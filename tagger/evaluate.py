@@ -142,7 +142,7 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
               "metrics": score(probs, evaluated, genres)}
     if part in ("valid", "test") and len({c.genre for c in split.train}) > 1:
         report |= compare(report["metrics"], split.train, evaluated, mels, genres, seed,
-                          teacher_cache(teacher, cache, cache_dir))
+                          teacher_cache(teacher, cache))
     paths = report_paths(report_base)
     write_json(report, paths["report.json"])
     from tagger.figures import confusion_png
@@ -154,13 +154,12 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
     return report
 
 
-def teacher_cache(teacher, features, cache_dir: Path | None):
+def teacher_cache(teacher, features):
     """The teacher's tag cache beside the feature cache `features` (None without a teacher)."""
     if teacher is None:
         return None
-    from tagger.recipe import default_cache_dir
     from tagger.teacher_genres import TeacherCache
-    return TeacherCache(cache_dir or default_cache_dir(), teacher, features.settings)
+    return TeacherCache(features.dir.parent, teacher, features.settings)
 
 
 def present_only(matrix: Sequence[Sequence[int]], genres: Sequence[str]) -> tuple[list, list]:

@@ -343,7 +343,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
             model_metrics = score(probs, evaluated, genres)
             result |= {"evaluated_genres": genre_counts(evaluated), "model": model_metrics,
                        **compare(model_metrics, s.train, evaluated, mels, genres, ts.seed,
-                                 teacher_cache(teacher, cache, cache_dir))}
+                                 teacher_cache(teacher, cache))}
         if s.missing:
             result["missing_from_lists"] = s.missing
             result["unlisted_clips"] = s.unlisted

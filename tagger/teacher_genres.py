@@ -10,7 +10,6 @@ MFCC baseline (evaluate.compare): the figure a student distilled from the teache
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence

@@ -264,6 +264,27 @@ def query(
 CacheOption = Annotated[Optional[Path], typer.Option(
     "--cache", envvar=CACHE_ENV_VAR, show_default=False,
     help=f"Folder of cached log-mels. \\[default: ${CACHE_ENV_VAR}, else {default_cache_dir()}]")]
+TeacherOption = Annotated[Optional[Path], typer.Option(
+    "--teacher", show_default=False, metavar="PATH",
+    help="msd_fcn's best_model.pth: also report the teacher+LR reference (its 50 tags, cached, "
+         "mapped to genres by a logistic regression fitted on the training clips).")]
+
+
+def load_teacher_option(path: Optional[Path]):
+    """The teacher of --teacher (checked before any long work), or None."""
+    if path is None:
+        return None
+    from tagger.teacher import load_teacher
+    return load_teacher(path)
+
+
+def reference_line(r: dict) -> str:
+    """The teacher+LR reference of a report, or nothing."""
+    if "teacher_reference" not in r:
+        return ""
+    t = r["teacher_reference"]
+    return (f"Teacher+LR reference: accuracy {t['accuracy']:.3f}, macro F1 {t['macro_f1']:.3f} "
+            f"(model {r['teacher_margin']['accuracy']:+.3f} accuracy)")
 
 
 class TrainReporter:
@@ -334,6 +355,7 @@ def train(
     device: DeviceOption = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")] = False,
     cache: CacheOption = None,
+    teacher: TeacherOption = None,
 ) -> None:
     """Train the CNN-RNN on a GTZAN-style folder and report how it does against an MFCC baseline.
 
@@ -346,12 +368,14 @@ def train(
     from tagger.train import resume_path, train as run_training
 
     kind, folds = parse_split(split)
+    fcn = load_teacher_option(teacher)
     reporter = TrainReporter()
     try:
         with reporter.progress:
             report = run_training(data_dir, out, kind, folds,
                                   TrainSettings(epochs=epochs, seed=seed),
-                                  device=device.value, cache_dir=cache, resume=resume, reporter=reporter)
+                                  device=device.value, cache_dir=cache, resume=resume, reporter=reporter,
+                                  teacher=fcn)
     except KeyboardInterrupt:
         state = resume_path(out)
         if state.exists():
@@ -391,6 +415,8 @@ def print_training_summary(report: dict, checkpoint: Path) -> None:
             lines.append(f"Track accuracy on {r['evaluated_on']}: {r['model']['accuracy']:.3f} "
                          f"(baseline {r['baseline']['accuracy']:.3f}, {r['margin']['accuracy']:+.3f}); "
                          f"macro F1 {r['model']['macro_f1']:.3f} (baseline {r['baseline']['macro_f1']:.3f}).")
+            if reference_line(r):
+                lines.append(reference_line(r) + ".")
         lines.append(f"Checkpoint: {output.display(str(checkpoint))} (model id {report['model_id']})")
     held_out = "cross_validation" in report or runs[0]["evaluated_on"]
     figures = ".confusion.png, .curves.png" if held_out else ".curves.png"
@@ -412,6 +438,7 @@ def evaluate(
         "--report", show_default=False,
         help="Where the report goes (PATH.report.json, PATH.confusion.png). "
              "\\[default: beside --model, else the current folder]")] = None,
+    teacher: TeacherOption = None,
 ) -> None:
     """Score a model on a split of a GTZAN-style folder, beside the MFCC baseline.
 
@@ -419,6 +446,7 @@ def evaluate(
     """
     from tagger.evaluate import evaluate_model
     model_path, _ = resolve_model(model)
+    fcn = load_teacher_option(teacher)
     if report is None and model is None:            # never write into the installed package
         report = Path.cwd() / f"default.{split}"
     progress = Progress(SpinnerColumn(), TextColumn("Reading clips"), BarColumn(), MofNCompleteColumn(),
@@ -431,7 +459,7 @@ def evaluate(
         progress.advance(task)
 
     with progress:
-        result = evaluate_model(data_dir, model_path, split, device.value, cache, report, on_clip)
+        result = evaluate_model(data_dir, model_path, split, device.value, cache, report, on_clip, fcn)
     m = result["metrics"]
     out.print(f"{result['split']}, {split}: {m['tracks']} clips, track accuracy {m['accuracy']:.3f}, "
               f"macro F1 {m['macro_f1']:.3f}", highlight=False)
@@ -439,6 +467,8 @@ def evaluate(
         b = result["baseline"]
         out.print(f"MFCC baseline: accuracy {b['accuracy']:.3f}, macro F1 {b['macro_f1']:.3f} "
                   f"(model {result['margin']['accuracy']:+.3f} accuracy)", highlight=False)
+    if reference_line(result):
+        out.print(reference_line(result), highlight=False)
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
     for name in ("Genre", "Precision", "Recall", "F1", "Tracks"):
         table.add_column(name, justify="left" if name == "Genre" else "right")

@@ -8,7 +8,8 @@ whatever the extension.
 
 The cache holds each clip's log-mel windows exactly as `scan` computes them (the same
 decode_excerpts and features.log_mels), keyed by the file's content and the feature
-settings, so epochs and later runs never decode again.
+settings, so epochs and later runs never decode again. ArrayCache is its mechanism, which
+the teacher's tags reuse (teacher_genres.TeacherCache).
 """
 
 from __future__ import annotations
@@ -208,49 +209,63 @@ def content_key(path: str) -> str:
     return digest.hexdigest()[:24]
 
 
-class FeatureCache:
+class ArrayCache:
+    """Arrays computed from a file: folder/<content key>.npz, one float32 array per excerpt
+    window. `folder` names everything the arrays depend on besides the file's content (a
+    settings key); subclasses say how to compute them. A missing or unreadable entry is
+    recomputed; a cache that cannot be written costs speed only (write_error says why).
+    """
+
+    def __init__(self, folder: Path):
+        self.dir = Path(folder)
+        self.hits = self.misses = 0
+        self.write_error: str | None = None   # the first failure to write an entry
+
+    def compute(self, path: str) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def get(self, path: str) -> list[torch.Tensor]:
+        entry = self.dir / f"{content_key(path)}.npz"
+        try:
+            with np.load(entry, allow_pickle=False) as data:
+                arrays = [torch.from_numpy(data[f"w{i}"]) for i in range(len(data.files))]
+            if arrays:
+                self.hits += 1
+                return arrays
+        except Exception:   # noqa: BLE001 - missing, truncated or damaged: compute it again
+            pass
+        arrays = self.compute(path)
+        self.misses += 1
+        if self.write_error is None:
+            try:
+                self._save(entry, arrays)
+            except OSError as exc:      # a full disk or a read-only cache costs speed only
+                self.write_error = f"{self.dir}: {exc.strerror or exc}"
+        return arrays
+
+    def _save(self, entry: Path, arrays: list[torch.Tensor]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_file(entry) as f:
+            np.savez(f, **{f"w{i}": a.numpy() for i, a in enumerate(arrays)})
+
+
+class FeatureCache(ArrayCache):
     """Log-mel windows per file: cache_dir/<settings key>/<content key>.npz, float32.
 
     get(path) -> list of (n_mels, frames) tensors, one per excerpt window, bit for bit what
-    `scan` computes for the same file. A missing or unreadable entry is recomputed.
+    `scan` computes for the same file.
     """
 
     def __init__(self, cache_dir: Path, settings: FeatureSettings):
+        super().__init__(Path(cache_dir) / settings_key(settings))
         self.settings = settings
-        self.dir = Path(cache_dir) / settings_key(settings)
         self.log_mel = LogMel(settings)
-        self.hits = self.misses = 0
-        self.write_error: str | None = None   # the first failure to write an entry
 
     def compute(self, path: str) -> list[torch.Tensor]:
         s = self.settings
         ex = decode_excerpts(path, s.sample_rate, s.excerpt_windows, s.excerpt_seconds)
         with torch.inference_mode():
             return log_mels([torch.from_numpy(w) for w in ex.waveforms], s, self.log_mel)
-
-    def get(self, path: str) -> list[torch.Tensor]:
-        entry = self.dir / f"{content_key(path)}.npz"
-        try:
-            with np.load(entry, allow_pickle=False) as data:
-                mels = [torch.from_numpy(data[f"w{i}"]) for i in range(len(data.files))]
-            if mels:
-                self.hits += 1
-                return mels
-        except Exception:   # noqa: BLE001 - missing, truncated or damaged: compute it again
-            pass
-        mels = self.compute(path)
-        self.misses += 1
-        if self.write_error is None:
-            try:
-                self._save(entry, mels)
-            except OSError as exc:      # a full disk or a read-only cache costs speed only
-                self.write_error = f"{self.dir}: {exc.strerror or exc}"
-        return mels
-
-    def _save(self, entry: Path, mels: list[torch.Tensor]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with atomic_file(entry) as f:
-            np.savez(f, **{f"w{i}": m.numpy() for i, m in enumerate(mels)})
 
 
 def load_features(clips: list[Clip], cache: FeatureCache,

@@ -1,5 +1,6 @@
-"""Track-level evaluation of a model (and of the MFCC baseline) on clips of a split, and the
-report: JSON plus PNG figures, written beside the checkpoint."""
+"""Track-level evaluation of a model (and of the MFCC baseline, and of the teacher+LR
+reference given a teacher) on clips of a split, and the report: JSON plus PNG figures,
+written beside the checkpoint."""
 
 from __future__ import annotations
 
@@ -66,6 +67,24 @@ def margin(model: dict, baseline: dict) -> dict:
             "macro_f1": model["macro_f1"] - baseline["macro_f1"]}
 
 
+def compare(model: dict, train: Sequence[Clip], evaluated: Sequence[Clip], mels: dict, genres: Sequence[str],
+            seed: int, teacher_cache=None) -> dict:
+    """The references fitted on the `train` clips and scored on the `evaluated` ones, with
+    the model's margins: the MFCC baseline always ("baseline", "margin"); the teacher+LR
+    reference ("teacher_reference", "teacher_margin") when a teacher_genres.TeacherCache
+    is given. `mels` maps a clip's path to its log-mel windows."""
+    base = baseline_score((train, [mels[c.path] for c in train]),
+                          (evaluated, [mels[c.path] for c in evaluated]), genres, seed)
+    out = {"baseline": base, "margin": margin(model, base)}
+    if teacher_cache is not None:
+        from tagger.teacher_genres import teacher_probabilities
+        probs = teacher_probabilities([teacher_cache.get(c.path) for c in train], labels(train, genres),
+                                      [teacher_cache.get(c.path) for c in evaluated], len(genres), seed)
+        ref = score(probs, evaluated, genres)
+        out |= {"teacher_reference": ref, "teacher_margin": margin(model, ref)}
+    return out
+
+
 def report_paths(base: Path) -> dict[str, Path]:
     """folder/model -> folder/model.report.json, model.confusion.png, model.curves.png."""
     return {name: base.with_name(f"{base.name}.{name}") for name in
@@ -74,10 +93,12 @@ def report_paths(base: Path) -> dict[str, Path]:
 
 def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device: str = "auto",
                    cache_dir: Path | None = None, report_base: Path | None = None,
-                   on_clip: Callable[[Clip, str | None], None] = lambda c, e: None) -> dict:
+                   on_clip: Callable[[Clip, str | None], None] = lambda c, e: None,
+                   teacher=None) -> dict:
     """Score a checkpoint on one part ("train", "valid", "test" or "all") of the split it was
     trained with (its provenance names it; the artist-filtered one when it does not), with
-    the MFCC baseline fitted on that split's training part beside it. Writes the report
+    the MFCC baseline fitted on that split's training part beside it (and the teacher+LR
+    reference when `teacher`, a teacher.Teacher, is given). Writes the report
     and the confusion-matrix figure at report_base (default: beside the checkpoint)."""
     from tagger.checkpoint import load
     from tagger.classify import pick_device
@@ -120,10 +141,8 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
               "unlabelled": len(found.unlabelled) + len(found.clips) - len(usable),
               "metrics": score(probs, evaluated, genres)}
     if part in ("valid", "test") and len({c.genre for c in split.train}) > 1:
-        base = baseline_score((split.train, [mels[c.path] for c in split.train]),
-                              (evaluated, [mels[c.path] for c in evaluated]), genres, seed)
-        report["baseline"] = base
-        report["margin"] = margin(report["metrics"], base)
+        report |= compare(report["metrics"], split.train, evaluated, mels, genres, seed,
+                          teacher_cache(teacher, cache))
     paths = report_paths(report_base)
     write_json(report, paths["report.json"])
     from tagger.figures import confusion_png
@@ -133,6 +152,14 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
                   paths["confusion.png"])
     report["files"] = [str(paths["report.json"]), str(paths["confusion.png"])]
     return report
+
+
+def teacher_cache(teacher, features):
+    """The teacher's tag cache beside the feature cache `features` (None without a teacher)."""
+    if teacher is None:
+        return None
+    from tagger.teacher_genres import TeacherCache
+    return TeacherCache(features.dir.parent, teacher, features.settings)
 
 
 def present_only(matrix: Sequence[Sequence[int]], genres: Sequence[str]) -> tuple[list, list]:

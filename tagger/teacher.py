@@ -121,6 +121,7 @@ class Teacher(nn.Module):
         for i, (a, b, pool) in enumerate(zip(c_in, channels, POOLING), start=1):
             self.add_module(f"layer{i}", _ConvBlock(a, b, pool))
         self.dense = nn.Linear(channels[-1], n_tags)
+        self.sha256: str | None = None      # of the weights file, set by load_teacher
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         """(B, INPUT_SAMPLES) 16 kHz mono float32 -> (B, n_tags) logits."""
@@ -166,7 +167,8 @@ def _one_line(error: RuntimeError) -> str:
 
 def load_teacher(path: str | Path, expected_sha256: str | None = SHA256,
                  channels: Sequence[int] = CHANNELS) -> Teacher:
-    """The teacher from its weights file (best_model.pth), in eval mode on the CPU.
+    """The teacher from its weights file (best_model.pth), in eval mode on the CPU, with
+    the file's SHA-256 in .sha256 (what caches of its outputs are keyed by).
 
     Raises CheckpointError (one line, with the path) if the file is missing or unreadable,
     its SHA-256 is not `expected_sha256` (None skips the check), it holds anything but
@@ -202,6 +204,7 @@ def load_teacher(path: str | Path, expected_sha256: str | None = SHA256,
     except RuntimeError as e:
         raise CheckpointError(f"not the msd_fcn FCN: {_one_line(e)}", str(path)) from None
     _flush_subnormals(teacher)
+    teacher.sha256 = digest
     return teacher.eval()
 
 

@@ -11,7 +11,7 @@
    epoch chosen, from `min_epochs` on: early epochs at a high learning rate give lucky
    spikes on a small validation set);
 4. the best epoch's weights become the checkpoint; the report compares them with the MFCC
-   baseline on the same split.
+   baseline on the same split (and with the teacher+LR reference, given a teacher).
 
 After every epoch the whole training state goes to `<out>.resume` (atomically), so that
 `--resume` continues an interrupted run exactly where it stopped.
@@ -41,8 +41,8 @@ from tagger.classify import pick_device
 from tagger.dataset import (Clip, FeatureCache, Found, Split, find_clips, genre_counts, load_features,
                             make_splits)
 from tagger.errors import UserError
-from tagger.evaluate import (baseline_score, labels, margin, nll, predict, present_only, report_paths,
-                             score, writable_folder, write_json)
+from tagger.evaluate import (compare, labels, nll, predict, present_only, report_paths, score,
+                             teacher_cache, writable_folder, write_json)
 from tagger.features import FeatureSettings
 from tagger.genres import GENRES
 from tagger.metrics import spread, summarise
@@ -261,9 +261,10 @@ def _job_key(clips: Sequence[Clip], split_desc: str, ts: TrainSettings, fs: Feat
 def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
           ts: TrainSettings = TrainSettings(), fs: FeatureSettings = FeatureSettings(),
           ms: ModelSettings = ModelSettings(), device: str = "auto", cache_dir: Path | None = None,
-          resume: bool = False, reporter: Reporter = Reporter()) -> dict:
+          resume: bool = False, reporter: Reporter = Reporter(), teacher=None) -> dict:
     """Train (one split) or cross-validate (folds); returns the report, which is also
-    written beside `out` with its figures. Only a single-split run writes a checkpoint."""
+    written beside `out` with its figures. Only a single-split run writes a checkpoint.
+    With `teacher` (a teacher.Teacher), each run's report has the teacher+LR reference."""
     started = time.perf_counter()
     dev = pick_device(device)
     found: Found = find_clips(data_dir)
@@ -340,10 +341,9 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
             evaluated = s.parts[part]
             probs = predict(net, [mels[c.path] for c in evaluated], fs, torch.device("cpu"))
             model_metrics = score(probs, evaluated, genres)
-            base = baseline_score((s.train, [mels[c.path] for c in s.train]),
-                                  (evaluated, [mels[c.path] for c in evaluated]), genres, ts.seed)
             result |= {"evaluated_genres": genre_counts(evaluated), "model": model_metrics,
-                       "baseline": base, "margin": margin(model_metrics, base)}
+                       **compare(model_metrics, s.train, evaluated, mels, genres, ts.seed,
+                                 teacher_cache(teacher, cache))}
         if s.missing:
             result["missing_from_lists"] = s.missing
             result["unlisted_clips"] = s.unlisted

@@ -15,7 +15,9 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -142,10 +144,14 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def check_location(path: Path) -> None:
-    """A DatabaseError if path cannot be an index file: a folder, or below a regular file."""
+    """A DatabaseError if path cannot be an index file: a folder, a device or a pipe (where
+    SQLite would put its journal beside it, in /dev), or below a regular file."""
     if path.is_dir():
         raise DatabaseError(f"is a folder, not an index file; pass a file in it, such as "
                             f"{path / 'index.db'}", str(path))
+    if path.exists() and not path.is_file():
+        raise DatabaseError("is not a regular file (a device or a pipe); pass an --db file",
+                            str(path))
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -156,7 +162,8 @@ def check_location(path: Path) -> None:
 
 def connect_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection that changes nothing on disk. On a read-only disk, or a full
-    one, where SQLite cannot make its -shm file, the file is opened as immutable."""
+    one, where SQLite cannot make its -shm file, the file is opened as immutable, which
+    ignores a -wal file: one that holds changes (a killed scan's) is read from a copy."""
     uri = Path(os.path.abspath(path)).as_uri()
     conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
     try:
@@ -167,7 +174,33 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
         name = getattr(exc, "sqlite_errorname", "")
         if not name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR_SHM", "SQLITE_READONLY")):
             raise
+    try:
+        pending = os.path.getsize(f"{path}-wal") > 32        # more than the WAL's header
+    except OSError:
+        pending = False
+    if pending:
+        return _copy_with_wal(path)
     return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30)
+
+
+def _copy_with_wal(path: Path) -> sqlite3.Connection:
+    """The index with the changes in its -wal file, in memory: SQLite reads a WAL only where
+    it can write the -shm file beside it, so the two files are copied to a temporary folder."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="tagger-") as folder:
+            copy = os.path.join(folder, "index.db")
+            shutil.copyfile(path, copy)
+            shutil.copyfile(f"{path}-wal", f"{copy}-wal")
+            disk, memory = sqlite3.connect(copy), sqlite3.connect(":memory:")
+            try:
+                disk.backup(memory)
+            finally:
+                disk.close()
+            return memory
+    except OSError as exc:
+        raise DatabaseError(f"cannot read the changes in {path}-wal: SQLite needs to write its "
+                            f"-shm file beside it, and a copy failed ({exc.strerror}); make the "
+                            "folder writable, or free some space", str(path)) from None
 
 
 def _disk_trouble(path: Path) -> tuple[str, str] | None:
@@ -455,6 +488,21 @@ class Index:
             "SELECT id, written_size, written_mtime_ns FROM tag_backups WHERE dev = ? AND ino = ?"
             " AND written_size = ? AND written_mtime_ns = ? ORDER BY id",
             [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]).fetchone()
+
+    @_sqlite_errors
+    def replaced(self, path: str) -> bool:
+        """True if the record at path's real path belongs to another file: the file there now
+        is neither the one tagger last wrote (device and inode) nor of its size and mtime,
+        so the file tagger wrote was moved away or replaced since."""
+        row = self.db.execute("SELECT dev, ino, written_size, written_mtime_ns FROM tag_backups"
+                              " WHERE real_path = ?", [to_db_path(os.path.realpath(path))]).fetchone()
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (row is not None and row[0] is not None
+                and (st.st_dev, st.st_ino) != tuple(row[:2])
+                and (st.st_size, st.st_mtime_ns) != tuple(row[2:]))
 
     @_sqlite_errors
     def save_backup(self, path: str, fields: dict) -> bool:

@@ -132,6 +132,7 @@ def recover(path: Path, new: Path) -> dict[str, int]:
     tracks with their probabilities. A classified track whose probabilities are not all
     readable (they no longer sum to 1) is left out, so that the next scan classifies it again.
     Returns {"tag_backups": n, "tracks": n, "probabilities": n, "tracks_left_out": n}."""
+    check_location(new)
     if new.exists() or new.is_symlink():
         raise UserError(f"{new}: exists already; pass a new file to recover into")
     conn = _open(path)

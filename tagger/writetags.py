@@ -20,6 +20,8 @@ from tagger.index import Index
 STALE = "changed since it was scanned (the prediction may not be its own); run `tagger scan` on it first"
 VANISHED = "no longer exists"
 NOT_CLASSIFIED = "not classified"
+REPLACED = ("another file's undo record is kept for this path: the file tagger wrote here was "
+            "moved or replaced since; left unchanged (move that file back to restore it)")
 
 
 @dataclass
@@ -58,7 +60,8 @@ class TagStats:
             setattr(self, outcome.action, getattr(self, outcome.action) + 1)
 
 
-_SHORT = {STALE: "changed since the scan", VANISHED: "vanished", NOT_CLASSIFIED: NOT_CLASSIFIED}
+_SHORT = {STALE: "changed since the scan", VANISHED: "vanished", NOT_CLASSIFIED: NOT_CLASSIFIED,
+          REPLACED: "moved or replaced since write-tags"}
 
 
 # A reason's start -> its short form in the summary.
@@ -135,6 +138,8 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
     names = [DISPLAY_NAMES.get(g, g) for g in chosen]
     try:
         st = _check_current(index, row)
+        if index.replaced(path):
+            raise TagError(REPLACED, path)
         state = tags.read(path)
         custom = (tags.custom_fields(state, row["probabilities"], row["model_id"])
                   if opts.probabilities else None)
@@ -164,6 +169,8 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
     then forget the backup. The index follows the file as write-tags makes it do."""
     try:
         st = _stat(path)
+        if index.replaced(path):
+            raise TagError(REPLACED, path)
         if not dry_run:
             _catch_up(index, path, st, index.file_version(path))
         state = tags.read(path)
@@ -188,7 +195,11 @@ def tracks_to_tag(index: Index, roots: Sequence[str], genre: str | None) -> Iter
 
 
 def backups_to_restore(index: Index, roots: Sequence[str]) -> list[tuple[str, dict]]:
-    return [(path, fields) for path, fields in index.backups() if under(path, roots)]
+    """A record counts as under a root by the path it was saved through or by its file's real
+    path, so that a folder reached through a symlink is the same folder."""
+    real_roots = [os.path.realpath(r) for r in roots]
+    return [(path, fields) for path, fields in index.backups()
+            if under(path, roots) or under(os.path.realpath(path), real_roots)]
 
 
 def clean_folders(paths: Iterable[str]) -> int:

@@ -258,6 +258,7 @@ class Index:
                 conn = sqlite3.connect(self.path, timeout=30)
             self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA busy_timeout = 30000")
+            self._refuse_foreign()      # before WAL mode, which another program's file would keep
             if not read_only:
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA foreign_keys = ON")
@@ -309,11 +310,14 @@ class Index:
         except sqlite3.DatabaseError:
             return True
 
-    def _migrate(self) -> None:
+    def _refuse_foreign(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version == 0 and self.db.table_names():
             raise DatabaseError("not a tagger index (it holds other tables); pass another --db",
                                 str(self.path))
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise DatabaseError(f"index schema version {version} is newer than this tagger "
                                 f"understands ({SCHEMA_VERSION}); upgrade tagger", str(self.path))

@@ -120,3 +120,16 @@ def test_a_read_only_disk_with_a_pending_wal_shows_its_rows(originals, tmp_path)
     assert "/m/in-the-wal.mp3" in proc.stdout, proc.stdout
     assert "Readable: 2 tracks" in proc.stdout, proc.stdout
     assert sqlite3.connect(db).execute("SELECT count(*) FROM tracks").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("command", [["write-tags"], ["restore-tags"], ["query"], ["check"]])
+def test_another_programs_database_is_never_written_to(command, tmp_path):
+    other = tmp_path / "places.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE bookmarks (url TEXT)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    result = run(*command, "--db", other, ok=None)
+    assert other.read_bytes() == before, result.output       # its journal mode too
+    assert not Path(f"{other}-wal").exists()

@@ -108,6 +108,10 @@ def check(path: Path) -> Report:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError:
             version = None
+        tables = _tables(conn)
+        if version == 0 and tables and not tables & set(TABLES):
+            raise DatabaseError("not a tagger index (it holds other tables); pass another --db",
+                                str(path))
         try:
             problems = [line for (line,) in conn.execute("PRAGMA integrity_check(100)")]
         except sqlite3.DatabaseError as exc:

@@ -133,3 +133,14 @@ def test_another_programs_database_is_never_written_to(command, tmp_path):
     result = run(*command, "--db", other, ok=None)
     assert other.read_bytes() == before, result.output       # its journal mode too
     assert not Path(f"{other}-wal").exists()
+
+
+def test_check_of_another_programs_database_says_so(tmp_path):
+    other = tmp_path / "places.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE bookmarks (url TEXT)")
+    conn.commit()
+    conn.close()
+    result = run("check", "--db", other, "--recover", tmp_path / "new.db", ok=1)
+    assert result.stderr.startswith(f"Error: {other}: not a tagger index"), result.stderr
+    assert not (tmp_path / "new.db").exists()

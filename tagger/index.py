@@ -496,17 +496,17 @@ class Index:
     @_sqlite_errors
     def replaced(self, path: str) -> bool:
         """True if the record at path's real path belongs to another file: the file there now
-        is neither the one tagger last wrote (device and inode) nor of its size and mtime,
-        so the file tagger wrote was moved away or replaced since."""
-        row = self.db.execute("SELECT dev, ino, written_size, written_mtime_ns FROM tag_backups"
+        is neither the one tagger last wrote (its inode; not the device, whose number a
+        removable disk may change at each mount) nor of its size and mtime, so the file
+        tagger wrote was moved away or replaced since."""
+        row = self.db.execute("SELECT ino, written_size, written_mtime_ns FROM tag_backups"
                               " WHERE real_path = ?", [to_db_path(os.path.realpath(path))]).fetchone()
         try:
             st = os.stat(path)
         except OSError:
             return False
-        return (row is not None and row[0] is not None
-                and (st.st_dev, st.st_ino) != tuple(row[:2])
-                and (st.st_size, st.st_mtime_ns) != tuple(row[2:]))
+        return (row is not None and row[0] is not None and st.st_ino != row[0]
+                and (st.st_size, st.st_mtime_ns) != tuple(row[1:]))
 
     @_sqlite_errors
     def save_backup(self, path: str, fields: dict) -> bool:

@@ -567,7 +567,7 @@ def write_tags(
 
     Example: [bold]tagger write-tags ~/Music/Jazz --top-k 2 --min-confidence 0.3 --dry-run[/bold]
     """
-    from tagger.writetags import TagOptions, tag_one, tracks_to_tag, under
+    from tagger.writetags import TagOptions, tag_one, tracks_to_tag, under, with_real
     key = None
     if genre is not None and (key := normalise_genre(genre)) is None:
         raise UserError(f"unknown genre {genre!r}; choose one of {', '.join(GENRES)}")
@@ -576,8 +576,8 @@ def write_tags(
     index, roots = open_index_for_tags(db, paths or [])
     with index, index.writer_lock():
         todo = [row["path"] for row in tracks_to_tag(index, roots, key)]
-        for root in roots:
-            if not any(under(p, [root]) for p in todo) and key is None:
+        for root, forms in ((root, with_real([root])) for root in roots):
+            if not any(under(p, forms) for p in todo) and key is None:
                 raise UserError(f"{root}: no indexed tracks there; run `tagger scan` on it first")
         stats = run_tag_command("Writing tags", todo, tracks_to_tag(index, roots, key),
                                 lambda row: tag_one(index, row, opts), dry_run)

@@ -190,16 +190,23 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
     return Outcome(path, "written", state.genres, old)
 
 
+def with_real(roots: Sequence[str]) -> list[str]:
+    """The roots and their real paths: a folder reached through a symlink is the same folder,
+    whichever of its paths the scan stored."""
+    return list(dict.fromkeys([*roots, *map(os.path.realpath, roots)]))
+
+
 def tracks_to_tag(index: Index, roots: Sequence[str], genre: str | None) -> Iterator[dict]:
+    roots = with_real(roots)
     return (row for row in index.tracks(genre=genre) if under(row["path"], roots))
 
 
 def backups_to_restore(index: Index, roots: Sequence[str]) -> list[tuple[str, dict]]:
     """A record counts as under a root by the path it was saved through or by its file's real
-    path, so that a folder reached through a symlink is the same folder."""
-    real_roots = [os.path.realpath(r) for r in roots]
+    path."""
+    roots = with_real(roots)
     return [(path, fields) for path, fields in index.backups()
-            if under(path, roots) or under(os.path.realpath(path), real_roots)]
+            if under(path, roots) or under(os.path.realpath(path), roots)]
 
 
 def clean_folders(paths: Iterable[str]) -> int:

@@ -144,3 +144,14 @@ def test_check_of_another_programs_database_says_so(tmp_path):
     result = run("check", "--db", other, "--recover", tmp_path / "new.db", ok=1)
     assert result.stderr.startswith(f"Error: {other}: not a tagger index"), result.stderr
     assert not (tmp_path / "new.db").exists()
+
+
+def test_write_tags_by_a_symlink_to_a_folder_indexed_by_its_real_path(originals, tmp_path):
+    real, db = tmp_path / "real", tmp_path / "index.db"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    shutil.copyfile(originals["picture.flac"], real / "p.flac")
+    as_scanned(db, real / "p.flac")            # a scan of the real folder
+    result = run("write-tags", tmp_path / "link", "--db", db, "--overwrite")
+    assert "Wrote genres to 1 files" in result.stdout, result.output
+    assert genres_of(real / "p.flac") == ["Hip-Hop"]

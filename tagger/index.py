@@ -160,6 +160,20 @@ def check_location(path: Path) -> None:
             return
 
 
+def _check_single_name(path: Path) -> None:
+    """A DatabaseError if the index file has other hard links: SQLite keeps the -wal journal
+    beside the name it opened (and tagger its lock file), so writes through two names can
+    damage the index."""
+    try:
+        links = os.stat(path).st_nlink
+    except OSError:
+        return
+    if links > 1:
+        raise DatabaseError(f"the index file has {links} hard links; writing through more than "
+                            "one name can damage it (SQLite keeps its journal beside each name): "
+                            "remove the other links, or pass a copy as --db", str(path))
+
+
 def connect_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection that changes nothing on disk. On a read-only disk, or a full
     one, where SQLite cannot make its -shm file, the file is opened as immutable, which
@@ -249,6 +263,8 @@ class Index:
         self.path = Path(path)
         self.read_only = read_only
         check_location(self.path)
+        if not read_only:
+            _check_single_name(self.path)
         self.db = None
         try:
             if read_only:

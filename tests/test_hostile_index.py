@@ -155,3 +155,17 @@ def test_write_tags_by_a_symlink_to_a_folder_indexed_by_its_real_path(originals,
     result = run("write-tags", tmp_path / "link", "--db", db, "--overwrite")
     assert "Wrote genres to 1 files" in result.stdout, result.output
     assert genres_of(real / "p.flac") == ["Hip-Hop"]
+
+
+def test_an_index_with_two_hard_links_is_not_written_through_either(tmp_path):
+    """SQLite keeps the -wal journal beside the name it opened, so two names for one index
+    file mean two journals (a killed scan's rows replayed over later ones), and tagger's lock
+    file beside each name would let two writers run at once."""
+    real = tmp_path / "index.db"
+    as_scanned(real)
+    os.link(real, tmp_path / "second.db")
+    for name in ("index.db", "second.db"):
+        result = run("restore-tags", "--db", tmp_path / name, ok=1)
+        assert result.stderr.startswith(f"Error: {tmp_path / name}: "), result.stderr
+        assert "hard link" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert run("query", "--db", tmp_path / "second.db", "--format", "csv").stdout.startswith("path,")

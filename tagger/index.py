@@ -513,8 +513,8 @@ class Index:
     def replaced(self, path: str) -> bool:
         """True if the record at path's real path belongs to another file: the file there now
         is neither the one tagger last wrote (its inode; not the device, whose number a
-        removable disk may change at each mount) nor of its size and mtime, so the file
-        tagger wrote was moved away or replaced since."""
+        removable disk may change at each mount) nor of the size and mtime tagger noted just
+        before its last rename, so the file tagger wrote was moved away or replaced since."""
         row = self.db.execute("SELECT ino, written_size, written_mtime_ns FROM tag_backups"
                               " WHERE real_path = ?", [to_db_path(os.path.realpath(path))]).fetchone()
         try:
@@ -547,6 +547,22 @@ class Index:
             self._write("UPDATE tag_backups SET written_size = ?, written_mtime_ns = ?,"
                         " dev = coalesce(?, dev), ino = coalesce(?, ino) WHERE id = ?",
                         [*version, *(identity or (None, None)), record[0]])
+
+    @_sqlite_errors
+    def record_id(self, path: str) -> int | None:
+        return record[0] if (record := self._record(path)) is not None else None
+
+    @_sqlite_errors
+    def note_identity(self, record_id: int | None, st: os.stat_result) -> None:
+        """The device and inode of the file that has just replaced the record's file."""
+        if record_id is not None:
+            self._write("UPDATE tag_backups SET dev = ?, ino = ? WHERE id = ?",
+                        [st.st_dev, st.st_ino, record_id])
+
+    @_sqlite_errors
+    def drop_record(self, record_id: int | None) -> None:
+        if record_id is not None:
+            self._write("DELETE FROM tag_backups WHERE id = ?", [record_id])
 
     @_sqlite_errors
     def written_version(self, path: str) -> tuple[int, int] | None:

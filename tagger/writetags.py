@@ -123,8 +123,9 @@ def _check_current(index: Index, row: dict) -> os.stat_result:
 
 
 def _note_written(index: Index, path: str) -> Callable[[os.stat_result], None]:
-    """Records the new file's version and identity just before it replaces the one at path."""
-    return lambda st: index.note_written(path, _version(st), (st.st_dev, st.st_ino))
+    """Records the new file's version just before it replaces the one at path; its inode is
+    noted once it has (a kill in between leaves the record on the file still there)."""
+    return lambda st: index.note_written(path, _version(st))
 
 
 def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
@@ -150,6 +151,7 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
             raise TagError("read-only; left unchanged", path)
         if not opts.dry_run:
             created = index.save_backup(path, state.backup())
+            record = index.record_id(path)
             try:
                 new = tags.write_fields(
                     path, state.planned(names, custom or ()), custom_too=opts.probabilities,
@@ -158,6 +160,7 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
                 if created:     # nothing was written: a record kept now could later undo
                     index.drop_backup(path)     # another program's edit
                 raise
+            index.note_identity(record, new)
             index.moved_on(path, _version(st), _version(new))
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)
@@ -182,9 +185,11 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
         if tags.read_only(path):
             raise TagError("read-only; left unchanged", path)
         if not dry_run:
+            record = index.record_id(path)
             new = tags.restore_fields(path, backup, before_replace=_note_written(index, path))
+            index.note_identity(record, new)
             index.moved_on(path, _version(st), _version(new))
-            index.drop_backup(path)
+            index.drop_record(record)
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)
     return Outcome(path, "written", state.genres, old)

@@ -169,3 +169,32 @@ def test_an_index_with_two_hard_links_is_not_written_through_either(tmp_path):
         assert result.stderr.startswith(f"Error: {tmp_path / name}: "), result.stderr
         assert "hard link" in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert run("query", "--db", tmp_path / "second.db", "--format", "csv").stdout.startswith("path,")
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs."""
+
+
+def _killed(*args):
+    raise Killed
+
+
+@pytest.mark.parametrize("first_write", [True, False])
+def test_a_write_killed_just_before_its_rename_leaves_the_file_restorable(originals, tmp_path,
+                                                                          monkeypatch, first_write):
+    """The record notes the copy's size and mtime just before the rename; a kill between the
+    two leaves the original in place, which is still the record's file, not another one."""
+    db, path = tmp_path / "index.db", tmp_path / "a.mp3"
+    shutil.copyfile(originals["v23.mp3"], path)
+    as_scanned(db, path)
+    if not first_write:
+        run("write-tags", "--db", db, "--overwrite")
+        as_scanned(db, path)
+    with monkeypatch.context() as patch:
+        patch.setattr("tagger.tags.os.replace", _killed)
+        with pytest.raises(Killed):
+            run("write-tags", "--db", db, "--overwrite", "--top-k", "2", "--min-confidence", "0.1")
+    result = run("write-tags", "--db", db, "--overwrite", "--top-k", "2", "--min-confidence", "0.1")
+    assert "Wrote genres to 1 files" in result.stdout, result.stdout
+    assert "Restored 1 files" in run("restore-tags", "--db", db).stdout
+    assert genres_of(path) == genres_of(originals["v23.mp3"])

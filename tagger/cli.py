@@ -256,7 +256,10 @@ def query(
         elif fmt is ListFormat.csv:
             output.write_csv(rows, index.genres() or GENRES)
         elif fmt is ListFormat.m3u:
-            output.write_m3u(rows)
+            if left_out := output.write_m3u(rows):
+                err.print(f"Left out of the playlist: {left_out} files whose names hold a line "
+                          "break, which M3U cannot hold (--format json lists them).",
+                          highlight=False)
         elif output.print_table(out, rows) == 0:
             err.print("No tracks match.")
 

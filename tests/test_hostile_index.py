@@ -198,3 +198,18 @@ def test_a_write_killed_just_before_its_rename_leaves_the_file_restorable(origin
     assert "Wrote genres to 1 files" in result.stdout, result.stdout
     assert "Restored 1 files" in run("restore-tags", "--db", db).stdout
     assert genres_of(path) == genres_of(originals["v23.mp3"])
+
+
+def test_an_m3u_never_splits_a_file_name_with_a_line_break(tmp_path):
+    """A playlist line is a path: a name with a line break would become two entries, the
+    second one a relative path that a player resolves beside the playlist (another file)."""
+    db = tmp_path / "index.db"
+    with Index(db) as index:
+        index.store([TrackResult(p, 1, 1, "m", "ok", {"jazz": 1.0})
+                     for p in ("/m/new\nline.mp3", "/m/cr\rname.mp3", "/m/plain.mp3")])
+    result = run("query", "--db", db, "--format", "m3u")
+    assert result.stdout == "#EXTM3U\n/m/plain.mp3\n", result.stdout
+    assert "2 files" in result.stderr and "line break" in result.stderr, result.stderr
+    as_scanned(tmp_path / "plain.db", tmp_path / "index.db")
+    result = run("query", "--db", tmp_path / "plain.db", "--format", "m3u")
+    assert result.stdout.count("\n") == 2 and result.stderr == "", result.output

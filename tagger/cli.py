@@ -579,7 +579,8 @@ def write_tags(
     index, roots = open_index_for_tags(db, paths or [])
     with index, index.writer_lock():
         todo = [row["path"] for row in tracks_to_tag(index, roots, key)]
-        for root, forms in ((root, with_real([root])) for root in roots):
+        for root in roots:
+            forms = with_real([root])       # the root as given and its real path
             if not any(under(p, forms) for p in todo) and key is None:
                 raise UserError(f"{root}: no indexed tracks there; run `tagger scan` on it first")
         stats = run_tag_command("Writing tags", todo, tracks_to_tag(index, roots, key),

@@ -510,19 +510,22 @@ class Index:
             [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]).fetchone()
 
     @_sqlite_errors
-    def replaced(self, path: str) -> bool:
-        """True if the record at path's real path belongs to another file: the file there now
-        is neither the one tagger last wrote (its inode; not the device, whose number a
-        removable disk may change at each mount) nor of the size and mtime tagger noted just
-        before its last rename, so the file tagger wrote was moved away or replaced since."""
-        row = self.db.execute("SELECT ino, written_size, written_mtime_ns FROM tag_backups"
+    def replaced(self, path: str) -> dict | None:
+        """The saved fields of the record at path's real path if it may belong to another
+        file: the file there now is neither the one tagger last wrote (its inode; not the
+        device, whose number a removable disk may change at each mount) nor of the size and
+        mtime tagger noted just before its last rename, so the file tagger wrote was moved
+        away or replaced since. None if the record is the file's, or there is none."""
+        row = self.db.execute("SELECT ino, written_size, written_mtime_ns, fields FROM tag_backups"
                               " WHERE real_path = ?", [to_db_path(os.path.realpath(path))]).fetchone()
         try:
             st = os.stat(path)
         except OSError:
-            return False
-        return (row is not None and row[0] is not None and st.st_ino != row[0]
-                and (st.st_size, st.st_mtime_ns) != tuple(row[1:]))
+            return None
+        if (row is not None and row[0] is not None and st.st_ino != row[0]
+                and (st.st_size, st.st_mtime_ns) != tuple(row[1:3])):
+            return json.loads(row[3])
+        return None
 
     @_sqlite_errors
     def save_backup(self, path: str, fields: dict) -> bool:

@@ -122,6 +122,16 @@ def _check_current(index: Index, row: dict) -> os.stat_result:
     return st
 
 
+def _check_own_record(index: Index, path: str, state: tags.TagState) -> None:
+    """TagError if the undo record at path is another file's (see Index.replaced) whose
+    saved fields differ from this file's: restoring them, or keeping them as its original,
+    would lose its own. A file that holds just what the record saved (a backup copy put
+    back) may use it."""
+    saved = index.replaced(path)
+    if saved is not None and not tags.is_restored(state, saved):
+        raise TagError(REPLACED, path)
+
+
 def _note_written(index: Index, path: str) -> Callable[[os.stat_result], None]:
     """Records the new file's version just before it replaces the one at path; its inode is
     noted once it has (a kill in between leaves the record on the file still there)."""
@@ -139,9 +149,8 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
     names = [DISPLAY_NAMES.get(g, g) for g in chosen]
     try:
         st = _check_current(index, row)
-        if index.replaced(path):
-            raise TagError(REPLACED, path)
         state = tags.read(path)
+        _check_own_record(index, path, state)
         custom = (tags.custom_fields(state, row["probabilities"], row["model_id"])
                   if opts.probabilities else None)
         if ((state.genres and not opts.overwrite)
@@ -172,11 +181,10 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
     then forget the backup. The index follows the file as write-tags makes it do."""
     try:
         st = _stat(path)
-        if index.replaced(path):
-            raise TagError(REPLACED, path)
+        state = tags.read(path)
+        _check_own_record(index, path, state)
         if not dry_run:
             _catch_up(index, path, st, index.file_version(path))
-        state = tags.read(path)
         old = [v for k, v in backup["fields"] if k.upper() == state.table.genre_key.upper()]
         if tags.is_restored(state, backup):
             if not dry_run:

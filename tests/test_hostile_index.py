@@ -213,3 +213,20 @@ def test_an_m3u_never_splits_a_file_name_with_a_line_break(tmp_path):
     as_scanned(tmp_path / "plain.db", tmp_path / "index.db")
     result = run("query", "--db", tmp_path / "plain.db", "--format", "m3u")
     assert result.stdout.count("\n") == 2 and result.stderr == "", result.output
+
+
+def test_a_file_put_back_from_a_backup_copy_is_not_another_file(originals, tmp_path):
+    """write-tags, then the user copies the untouched original back over the file (a new
+    inode, a new mtime): it holds what the record holds, so restore has nothing to do and
+    write-tags may write it again."""
+    db, path = tmp_path / "index.db", tmp_path / "a.mp3"
+    shutil.copyfile(originals["v23.mp3"], path)
+    as_scanned(db, path)
+    run("write-tags", "--db", db, "--overwrite")
+    path.unlink()
+    shutil.copyfile(originals["v23.mp3"], path)
+    assert "Restored 0 files: 1 unchanged, 0 skipped." in run("restore-tags", "--db", db).stdout
+    as_scanned(db, path)
+    assert "Wrote genres to 1 files" in run("write-tags", "--db", db, "--overwrite").stdout
+    run("restore-tags", "--db", db)
+    assert genres_of(path) == genres_of(originals["v23.mp3"])

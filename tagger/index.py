@@ -141,6 +141,13 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+TAGGER_TABLES = {"tracks", "probabilities", "tag_backups", "tag_backups_v2"}
+
+
+def foreign_tables(names: Sequence[str]) -> list[str]:
+    """The tables that no tagger made: an index that holds any is another program's file
+    (whose user_version, which apps number their schemas with too, says nothing)."""
+    return sorted(n for n in names if n not in TAGGER_TABLES and not n.startswith("sqlite_"))
 
 
 def check_location(path: Path) -> None:
@@ -327,10 +334,8 @@ class Index:
             return True
 
     def _refuse_foreign(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0 and self.db.table_names():
-            raise DatabaseError("not a tagger index (it holds other tables); pass another --db",
-                                str(self.path))
+        if foreign_tables(self.db.table_names()):
+            raise DatabaseError("not a tagger index (it holds other tables); pass another --db", str(self.path))
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagger.errors import DatabaseError, UserError
-from tagger.index import Index, check_location, connect_read_only, identity, to_db_path, from_db_path
+from tagger.index import (Index, check_location, connect_read_only, foreign_tables, from_db_path,
+                          identity, to_db_path)
 
 TABLES = ("tag_backups", "tracks", "probabilities")     # the order of a recovery
 BATCH = 500
@@ -108,10 +109,8 @@ def check(path: Path) -> Report:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError:
             version = None
-        tables = _tables(conn)
-        if version == 0 and tables and not tables & set(TABLES):
-            raise DatabaseError("not a tagger index (it holds other tables); pass another --db",
-                                str(path))
+        if foreign_tables(_tables(conn)):
+            raise DatabaseError("not a tagger index (it holds other tables); pass another --db", str(path))
         try:
             problems = [line for (line,) in conn.execute("PRAGMA integrity_check(100)")]
         except sqlite3.DatabaseError as exc:

@@ -122,17 +122,20 @@ def test_a_read_only_disk_with_a_pending_wal_shows_its_rows(originals, tmp_path)
     assert sqlite3.connect(db).execute("SELECT count(*) FROM tracks").fetchone()[0] == 2
 
 
+@pytest.mark.parametrize("user_version", [0, 1, 70])      # apps number their schemas too
 @pytest.mark.parametrize("command", [["write-tags"], ["restore-tags"], ["query"], ["check"]])
-def test_another_programs_database_is_never_written_to(command, tmp_path):
+def test_another_programs_database_is_never_written_to(command, user_version, tmp_path):
     other = tmp_path / "places.sqlite"
     conn = sqlite3.connect(other)
     conn.execute("CREATE TABLE bookmarks (url TEXT)")
+    conn.execute(f"PRAGMA user_version = {user_version}")
     conn.commit()
     conn.close()
     before = other.read_bytes()
     result = run(*command, "--db", other, ok=None)
     assert other.read_bytes() == before, result.output       # its journal mode too
     assert not Path(f"{other}-wal").exists()
+    assert result.exit_code == 1 and "not a tagger index" in result.stderr, result.output
 
 
 def test_check_of_another_programs_database_says_so(tmp_path):

@@ -335,7 +335,8 @@ class Index:
 
     def _refuse_foreign(self) -> None:
         if foreign_tables(self.db.table_names()):
-            raise DatabaseError("not a tagger index (it holds other tables); pass another --db", str(self.path))
+            raise DatabaseError("not a tagger index (it holds other tables); pass another --db",
+                                str(self.path))
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -522,7 +523,8 @@ class Index:
         mtime tagger noted just before its last rename, so the file tagger wrote was moved
         away or replaced since. None if the record is the file's, or there is none."""
         row = self.db.execute("SELECT ino, written_size, written_mtime_ns, fields FROM tag_backups"
-                              " WHERE real_path = ?", [to_db_path(os.path.realpath(path))]).fetchone()
+                              " WHERE real_path = ?",
+                              [to_db_path(os.path.realpath(path))]).fetchone()
         try:
             st = os.stat(path)
         except OSError:

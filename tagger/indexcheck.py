@@ -110,7 +110,8 @@ def check(path: Path) -> Report:
         except sqlite3.DatabaseError:
             version = None
         if foreign_tables(_tables(conn)):
-            raise DatabaseError("not a tagger index (it holds other tables); pass another --db", str(path))
+            raise DatabaseError("not a tagger index (it holds other tables); pass another --db",
+                                str(path))
         try:
             problems = [line for (line,) in conn.execute("PRAGMA integrity_check(100)")]
         except sqlite3.DatabaseError as exc:

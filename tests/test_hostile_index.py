@@ -1,6 +1,8 @@
 """A hostile user's setups around the index and the undo records: a file moved away and another
-put in its place, restore-tags by a folder the records reach through a symlink, an index
-that is a device, a recovery below a file, and a read-only disk with a pending WAL."""
+put in its place (or a backup copy), a write killed just before its rename, write-tags and
+restore-tags by a folder reached through a symlink, an index that is a device, has two hard
+links or is another program's SQLite file, a recovery below a file, a read-only disk with a
+pending WAL, and a file name that an M3U playlist cannot hold."""
 
 from __future__ import annotations
 

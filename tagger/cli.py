@@ -256,7 +256,10 @@ def query(
         elif fmt is ListFormat.csv:
             output.write_csv(rows, index.genres() or GENRES)
         elif fmt is ListFormat.m3u:
-            output.write_m3u(rows)
+            if left_out := output.write_m3u(rows):
+                err.print(f"Left out of the playlist: {left_out} files whose names hold a line "
+                          "break, which M3U cannot hold (--format json lists them).",
+                          highlight=False)
         elif output.print_table(out, rows) == 0:
             err.print("No tracks match.")
 
@@ -597,7 +600,7 @@ def write_tags(
 
     Example: [bold]tagger write-tags ~/Music/Jazz --top-k 2 --min-confidence 0.3 --dry-run[/bold]
     """
-    from tagger.writetags import TagOptions, tag_one, tracks_to_tag, under
+    from tagger.writetags import TagOptions, tag_one, tracks_to_tag, under, with_real
     key = None
     if genre is not None and (key := normalise_genre(genre)) is None:
         raise UserError(f"unknown genre {genre!r}; choose one of {', '.join(GENRES)}")
@@ -607,7 +610,8 @@ def write_tags(
     with index, index.writer_lock():
         todo = [row["path"] for row in tracks_to_tag(index, roots, key)]
         for root in roots:
-            if not any(under(p, [root]) for p in todo) and key is None:
+            forms = with_real([root])       # the root as given and its real path
+            if not any(under(p, forms) for p in todo) and key is None:
                 raise UserError(f"{root}: no indexed tracks there; run `tagger scan` on it first")
         stats = run_tag_command("Writing tags", todo, tracks_to_tag(index, roots, key),
                                 lambda row: tag_one(index, row, opts), dry_run)

@@ -15,7 +15,9 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -139,13 +141,24 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+TAGGER_TABLES = {"tracks", "probabilities", "tag_backups", "tag_backups_v2"}
+
+
+def foreign_tables(names: Sequence[str]) -> list[str]:
+    """The tables that no tagger made: an index that holds any is another program's file
+    (whose user_version, which apps number their schemas with too, says nothing)."""
+    return sorted(n for n in names if n not in TAGGER_TABLES and not n.startswith("sqlite_"))
 
 
 def check_location(path: Path) -> None:
-    """A DatabaseError if path cannot be an index file: a folder, or below a regular file."""
+    """A DatabaseError if path cannot be an index file: a folder, a device or a pipe (where
+    SQLite would put its journal beside it, in /dev), or below a regular file."""
     if path.is_dir():
         raise DatabaseError(f"is a folder, not an index file; pass a file in it, such as "
                             f"{path / 'index.db'}", str(path))
+    if path.exists() and not path.is_file():
+        raise DatabaseError("is not a regular file (a device or a pipe); pass an --db file",
+                            str(path))
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -154,9 +167,24 @@ def check_location(path: Path) -> None:
             return
 
 
+def _check_single_name(path: Path) -> None:
+    """A DatabaseError if the index file has other hard links: SQLite keeps the -wal journal
+    beside the name it opened (and tagger its lock file), so writes through two names can
+    damage the index."""
+    try:
+        links = os.stat(path).st_nlink
+    except OSError:
+        return
+    if links > 1:
+        raise DatabaseError(f"the index file has {links} hard links; writing through more than "
+                            "one name can damage it (SQLite keeps its journal beside each name): "
+                            "remove the other links, or pass a copy as --db", str(path))
+
+
 def connect_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection that changes nothing on disk. On a read-only disk, or a full
-    one, where SQLite cannot make its -shm file, the file is opened as immutable."""
+    one, where SQLite cannot make its -shm file, the file is opened as immutable, which
+    ignores a -wal file: one that holds changes (a killed scan's) is read from a copy."""
     uri = Path(os.path.abspath(path)).as_uri()
     conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
     try:
@@ -167,7 +195,33 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
         name = getattr(exc, "sqlite_errorname", "")
         if not name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR_SHM", "SQLITE_READONLY")):
             raise
+    try:
+        pending = os.path.getsize(f"{path}-wal") > 32        # more than the WAL's header
+    except OSError:
+        pending = False
+    if pending:
+        return _copy_with_wal(path)
     return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30)
+
+
+def _copy_with_wal(path: Path) -> sqlite3.Connection:
+    """The index with the changes in its -wal file, in memory: SQLite reads a WAL only where
+    it can write the -shm file beside it, so the two files are copied to a temporary folder."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="tagger-") as folder:
+            copy = os.path.join(folder, "index.db")
+            shutil.copyfile(path, copy)
+            shutil.copyfile(f"{path}-wal", f"{copy}-wal")
+            disk, memory = sqlite3.connect(copy), sqlite3.connect(":memory:")
+            try:
+                disk.backup(memory)
+            finally:
+                disk.close()
+            return memory
+    except OSError as exc:
+        raise DatabaseError(f"cannot read the changes in {path}-wal: SQLite needs to write its "
+                            f"-shm file beside it, and a copy failed ({exc.strerror}); make the "
+                            "folder writable, or free some space", str(path)) from None
 
 
 def _disk_trouble(path: Path) -> tuple[str, str] | None:
@@ -216,6 +270,8 @@ class Index:
         self.path = Path(path)
         self.read_only = read_only
         check_location(self.path)
+        if not read_only:
+            _check_single_name(self.path)
         self.db = None
         try:
             if read_only:
@@ -225,6 +281,7 @@ class Index:
                 conn = sqlite3.connect(self.path, timeout=30)
             self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA busy_timeout = 30000")
+            self._refuse_foreign()      # before WAL mode, which another program's file would keep
             if not read_only:
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA foreign_keys = ON")
@@ -276,11 +333,13 @@ class Index:
         except sqlite3.DatabaseError:
             return True
 
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0 and self.db.table_names():
+    def _refuse_foreign(self) -> None:
+        if foreign_tables(self.db.table_names()):
             raise DatabaseError("not a tagger index (it holds other tables); pass another --db",
                                 str(self.path))
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise DatabaseError(f"index schema version {version} is newer than this tagger "
                                 f"understands ({SCHEMA_VERSION}); upgrade tagger", str(self.path))
@@ -457,6 +516,25 @@ class Index:
             [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]).fetchone()
 
     @_sqlite_errors
+    def replaced(self, path: str) -> dict | None:
+        """The saved fields of the record at path's real path if it may belong to another
+        file: the file there now is neither the one tagger last wrote (its inode; not the
+        device, whose number a removable disk may change at each mount) nor of the size and
+        mtime tagger noted just before its last rename, so the file tagger wrote was moved
+        away or replaced since. None if the record is the file's, or there is none."""
+        row = self.db.execute("SELECT ino, written_size, written_mtime_ns, fields FROM tag_backups"
+                              " WHERE real_path = ?",
+                              [to_db_path(os.path.realpath(path))]).fetchone()
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if (row is not None and row[0] is not None and st.st_ino != row[0]
+                and (st.st_size, st.st_mtime_ns) != tuple(row[1:3])):
+            return json.loads(row[3])
+        return None
+
+    @_sqlite_errors
     def save_backup(self, path: str, fields: dict) -> bool:
         """Keep a file's original tag fields; a record that exists already for the file is
         never replaced, so that a restore goes back to the state before the first write.
@@ -479,6 +557,22 @@ class Index:
             self._write("UPDATE tag_backups SET written_size = ?, written_mtime_ns = ?,"
                         " dev = coalesce(?, dev), ino = coalesce(?, ino) WHERE id = ?",
                         [*version, *(identity or (None, None)), record[0]])
+
+    @_sqlite_errors
+    def record_id(self, path: str) -> int | None:
+        return record[0] if (record := self._record(path)) is not None else None
+
+    @_sqlite_errors
+    def note_identity(self, record_id: int | None, st: os.stat_result) -> None:
+        """The device and inode of the file that has just replaced the record's file."""
+        if record_id is not None:
+            self._write("UPDATE tag_backups SET dev = ?, ino = ? WHERE id = ?",
+                        [st.st_dev, st.st_ino, record_id])
+
+    @_sqlite_errors
+    def drop_record(self, record_id: int | None) -> None:
+        if record_id is not None:
+            self._write("DELETE FROM tag_backups WHERE id = ?", [record_id])
 
     @_sqlite_errors
     def written_version(self, path: str) -> tuple[int, int] | None:

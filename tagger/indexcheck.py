@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagger.errors import DatabaseError, UserError
-from tagger.index import Index, check_location, connect_read_only, identity, to_db_path, from_db_path
+from tagger.index import (Index, check_location, connect_read_only, foreign_tables, from_db_path,
+                          identity, to_db_path)
 
 TABLES = ("tag_backups", "tracks", "probabilities")     # the order of a recovery
 BATCH = 500
@@ -108,6 +109,9 @@ def check(path: Path) -> Report:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError:
             version = None
+        if foreign_tables(_tables(conn)):
+            raise DatabaseError("not a tagger index (it holds other tables); pass another --db",
+                                str(path))
         try:
             problems = [line for (line,) in conn.execute("PRAGMA integrity_check(100)")]
         except sqlite3.DatabaseError as exc:
@@ -132,6 +136,7 @@ def recover(path: Path, new: Path) -> dict[str, int]:
     tracks with their probabilities. A classified track whose probabilities are not all
     readable (they no longer sum to 1) is left out, so that the next scan classifies it again.
     Returns {"tag_backups": n, "tracks": n, "probabilities": n, "tracks_left_out": n}."""
+    check_location(new)
     if new.exists() or new.is_symlink():
         raise UserError(f"{new}: exists already; pass a new file to recover into")
     conn = _open(path)

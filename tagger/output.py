@@ -88,9 +88,14 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-def write_m3u(rows: Iterable[dict]) -> None:
-    lines = ["#EXTM3U"] + [row["path"] for row in rows]
-    _write("\n".join(lines) + "\n")
+def write_m3u(rows: Iterable[dict]) -> int:
+    """The playlist; a path with a line break cannot be one of its lines (it would be two
+    entries, the second a relative path to another file), so it is left out. Returns how
+    many were."""
+    paths = [row["path"] for row in rows]
+    lines = [p for p in paths if "\n" not in p and "\r" not in p]
+    _write("\n".join(["#EXTM3U", *lines]) + "\n")
+    return len(paths) - len(lines)
 
 
 def print_table(console: Console, rows: Iterable[dict]) -> int:

@@ -20,6 +20,8 @@ from tagger.index import Index
 STALE = "changed since it was scanned (the prediction may not be its own); run `tagger scan` on it first"
 VANISHED = "no longer exists"
 NOT_CLASSIFIED = "not classified"
+REPLACED = ("another file's undo record is kept for this path: the file tagger wrote here was "
+            "moved or replaced since; left unchanged (move that file back to restore it)")
 
 
 @dataclass
@@ -58,7 +60,8 @@ class TagStats:
             setattr(self, outcome.action, getattr(self, outcome.action) + 1)
 
 
-_SHORT = {STALE: "changed since the scan", VANISHED: "vanished", NOT_CLASSIFIED: NOT_CLASSIFIED}
+_SHORT = {STALE: "changed since the scan", VANISHED: "vanished", NOT_CLASSIFIED: NOT_CLASSIFIED,
+          REPLACED: "moved or replaced since write-tags"}
 
 
 # A reason's start -> its short form in the summary.
@@ -119,9 +122,20 @@ def _check_current(index: Index, row: dict) -> os.stat_result:
     return st
 
 
+def _check_own_record(index: Index, path: str, state: tags.TagState) -> None:
+    """TagError if the undo record at path is another file's (see Index.replaced) whose
+    saved fields differ from this file's: restoring them, or keeping them as its original,
+    would lose its own. A file that holds just what the record saved (a backup copy put
+    back) may use it."""
+    saved = index.replaced(path)
+    if saved is not None and not tags.is_restored(state, saved):
+        raise TagError(REPLACED, path)
+
+
 def _note_written(index: Index, path: str) -> Callable[[os.stat_result], None]:
-    """Records the new file's version and identity just before it replaces the one at path."""
-    return lambda st: index.note_written(path, _version(st), (st.st_dev, st.st_ino))
+    """Records the new file's version just before it replaces the one at path; its inode is
+    noted once it has (a kill in between leaves the record on the file still there)."""
+    return lambda st: index.note_written(path, _version(st))
 
 
 def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
@@ -136,6 +150,7 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
     try:
         st = _check_current(index, row)
         state = tags.read(path)
+        _check_own_record(index, path, state)
         custom = (tags.custom_fields(state, row["probabilities"], row["model_id"])
                   if opts.probabilities else None)
         if ((state.genres and not opts.overwrite)
@@ -147,6 +162,7 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
             tags.check_conversion(path, opts.id3_version)
         else:
             created = index.save_backup(path, state.backup())
+            record = index.record_id(path)
             try:
                 new = tags.write_fields(
                     path, state.planned(names, custom or ()), custom_too=opts.probabilities,
@@ -155,6 +171,7 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
                 if created:     # nothing was written: a record kept now could later undo
                     index.drop_backup(path)     # another program's edit
                 raise
+            index.note_identity(record, new)
             index.moved_on(path, _version(st), _version(new))
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)
@@ -166,9 +183,10 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
     then forget the backup. The index follows the file as write-tags makes it do."""
     try:
         st = _stat(path)
+        state = tags.read(path)
+        _check_own_record(index, path, state)
         if not dry_run:
             _catch_up(index, path, st, index.file_version(path))
-        state = tags.read(path)
         old = [v for k, v in backup["fields"] if k.upper() == state.table.genre_key.upper()]
         if tags.is_restored(state, backup):
             if not dry_run:
@@ -177,20 +195,33 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
         if tags.read_only(path):
             raise TagError("read-only; left unchanged", path)
         if not dry_run:
+            record = index.record_id(path)
             new = tags.restore_fields(path, backup, before_replace=_note_written(index, path))
+            index.note_identity(record, new)
             index.moved_on(path, _version(st), _version(new))
-            index.drop_backup(path)
+            index.drop_record(record)
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)
     return Outcome(path, "written", state.genres, old)
 
 
+def with_real(roots: Sequence[str]) -> list[str]:
+    """The roots and their real paths: a folder reached through a symlink is the same folder,
+    whichever of its paths the scan stored."""
+    return list(dict.fromkeys([*roots, *map(os.path.realpath, roots)]))
+
+
 def tracks_to_tag(index: Index, roots: Sequence[str], genre: str | None) -> Iterator[dict]:
+    roots = with_real(roots)
     return (row for row in index.tracks(genre=genre) if under(row["path"], roots))
 
 
 def backups_to_restore(index: Index, roots: Sequence[str]) -> list[tuple[str, dict]]:
-    return [(path, fields) for path, fields in index.backups() if under(path, roots)]
+    """A record counts as under a root by the path it was saved through or by its file's real
+    path."""
+    roots = with_real(roots)
+    return [(path, fields) for path, fields in index.backups()
+            if under(path, roots) or under(os.path.realpath(path), roots)]
 
 
 def clean_folders(paths: Iterable[str]) -> int:

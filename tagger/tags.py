@@ -569,6 +569,11 @@ def _fingerprint(path: str) -> tuple:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest.digest()
 
 
+def _still(path: str, copied: tuple) -> None:
+    if _fingerprint(path) != copied:
+        raise TagError("changed while writing (another program saved it); left unchanged")
+
+
 def replace_safely(path: str, edit: Callable[[str], None],
                    before_replace: Callable[[os.stat_result], None] = lambda st: None) -> os.stat_result:
     """Copy the file beside itself, edit(copy) (which verifies it), flush it to disk and
@@ -594,9 +599,9 @@ def replace_safely(path: str, edit: Callable[[str], None],
         edit(temp)
         with open(temp, "rb+") as fh:
             os.fsync(fh.fileno())
-        before_replace(os.stat(temp))               # a rename keeps size and mtime
-        if _fingerprint(real) != copied:
-            raise TagError("changed while writing (another program saved it); left unchanged")
+        _still(real, copied)        # before_replace (write-tags notes the new version in
+        before_replace(os.stat(temp))   # the index) only for an original still as copied
+        _still(real, copied)
         os.replace(temp, real)
         temp = None
         _fsync_folder(folder)

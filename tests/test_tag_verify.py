@@ -138,6 +138,22 @@ def test_an_edit_made_while_writing_is_kept(copies, hostile):
     assert [p.name for p in copies.iterdir() if p.name.startswith(".")] == []
 
 
+def test_an_edit_made_while_the_copy_is_checked_never_reaches_the_index(copies):
+    """The original changes while tagger edits and verifies its copy: before_replace (where
+    write-tags notes the version it is about to put in place) is never called."""
+    path = copies / "hostile23.mp3"
+    noted = []
+
+    def edit(temp: str) -> None:
+        with open(path, "ab") as fh:            # another program appends to the original
+            fh.write(b"\0")
+
+    with pytest.raises(tags.TagError, match="changed while writing"):
+        tags.replace_safely(str(path), edit, before_replace=noted.append)
+    assert noted == []
+    assert [p.name for p in copies.iterdir() if p.name.startswith(".")] == []
+
+
 def test_a_wav_without_its_last_pad_byte_gets_a_tag_that_reads_back(copies, hostile):
     path = copies / "odd.wav"
     sound = payload(path)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from tagger import synth
 from tagger.checkpoint import new_checkpoint, save
+from tagger.cli import app
 from tagger.features import FeatureSettings
 from tagger.model import GenreCRNN, ModelSettings
 
@@ -85,3 +87,11 @@ def make_tiny_gtzan(root: Path, per_part: dict[str, int] | None = None, seconds:
                 write_track(root / genre / f"{name}.{fmt}", seconds=seconds, kind=kind,
                             freq=150.0 + 37.0 * seed % 1500, seed=seed)
     return root
+
+
+def run(*args, ok: int | None = 0):
+    """A tagger command through Typer's CliRunner; asserts its exit code unless ok is None."""
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    if ok is not None:
+        assert result.exit_code == ok, result.output
+    return result

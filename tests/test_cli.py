@@ -9,21 +9,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import write_track
-from tagger.cli import app
+from conftest import run, write_track
 from tagger.genres import GENRES
 from tagger.modelfile import file_model_id
-
-runner = CliRunner()
-
-
-def run(*args: str, ok: int | None = 0):
-    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-    if ok is not None:
-        assert result.exit_code == ok, result.output
-    return result
 
 
 def query_json(db: Path, *args: str) -> list[dict]:

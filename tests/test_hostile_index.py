@@ -14,20 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from tagfixtures import genres_of, make_fixtures
-from tagger.cli import app
+from conftest import run
 from tagger.index import Index, TrackResult
-
-runner = CliRunner()
-
-
-def run(*args, ok: int | None = 0):
-    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-    if ok is not None:
-        assert result.exit_code == ok, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -13,22 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import chmod_works
-from tagger import tags
-from tagger.cli import app
+from conftest import chmod_works, run
 from tagger.errors import DatabaseError
 from tagger.index import Index, TrackResult
-
-runner = CliRunner()
-
-
-def run(*args, ok: int | None = 0):
-    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-    if ok is not None:
-        assert result.exit_code == ok, result.output
-    return result
 
 
 def one_error_line(result, start: str) -> str:

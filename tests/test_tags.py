@@ -15,29 +15,19 @@ from pathlib import Path
 
 import mutagen
 import pytest
-from typer.testing import CliRunner
 
-from conftest import write_track
+from conftest import run, write_track
 from tagfixtures import genres_of, make_fixtures, payload, snapshot
 from tagger import tags
-from tagger.cli import app
 from tagger.crawl import crawl
 from tagger.genres import GENRES
 from tagger.index import Index, TrackResult, _migrate_1
 
-runner = CliRunner()
 MODEL_ID = "0123456789ab"
 # Hip-Hop first, Jazz second: top-k 2 at 0.25 writes both, the default 0.5 writes Hip-Hop
 PROBS = {g: 0.1 / 8 for g in GENRES} | {"hiphop": 0.6, "jazz": 0.3}
 GENRE_FIELDS = {".mp3": "TCON", ".wav": "TCON", ".aiff": "TCON", ".flac": "GENRE",
                 ".ogg": "GENRE", ".opus": "GENRE", ".m4a": "©gen"}
-
-
-def run(*args, ok: int | None = 0):
-    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-    if ok is not None:
-        assert result.exit_code == ok, result.output
-    return result
 
 
 @pytest.fixture(scope="session")

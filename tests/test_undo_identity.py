@@ -14,22 +14,12 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-from typer.testing import CliRunner
 
 from tagfixtures import genres_of, make_fixtures, snapshot
+from conftest import run
 from tagger import tags
-from tagger.cli import app
 from tagger.errors import DatabaseError
-from tagger.index import SCHEMA_VERSION, Index, TrackResult, _migrate_1, _migrate_2
-
-runner = CliRunner()
-
-
-def run(*args, ok: int | None = 0):
-    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-    if ok is not None:
-        assert result.exit_code == ok, result.output
-    return result
+from tagger.index import SCHEMA_VERSION, Index, _migrate_1, _migrate_2
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ class _ID3Fields:
     def _ours(self, tags) -> list:
         genre = [f for f in tags.values() if f.FrameID in id3raw.GENRE_IDS]
         return genre + [f for f in tags.values()
-                        if f.FrameID in id3raw.CUSTOM_IDS and f.desc.startswith(PREFIX)]
+                        if _managed(f) and f.FrameID not in id3raw.GENRE_IDS]
 
     def _key(self, frame) -> str:
         return "TCON" if frame.FrameID in id3raw.GENRE_IDS else f"TXXX:{frame.desc}"
@@ -86,6 +86,13 @@ class _ID3Fields:
                 del tags[f.HashKey]
         for frame in _id3_frames(pairs, backup):
             tags.add(frame)
+
+
+def _managed(frame) -> bool:
+    """A mutagen ID3 frame that tagger manages: TCON, or a TXXX whose description starts
+    with TAGGER_ (id3raw.Frame.managed says the same of raw frames)."""
+    return frame.FrameID in id3raw.GENRE_IDS or (frame.FrameID in id3raw.CUSTOM_IDS
+                                                 and frame.desc.startswith(PREFIX))
 
 
 def _id3_frames(pairs: Pairs, backup: dict | None = None) -> list:
@@ -424,9 +431,7 @@ def _raw_frame(frame, version: int) -> id3raw.Frame | None:
 def _convertible(tag: id3raw.Tag, tags, version: int) -> None:
     """Refuse a version change that would lose a frame mutagen could not read (unknown,
     damaged) or kept one of (two lyrics with the same language and description)."""
-    loaded = Counter(fr.FrameID for fr in tags.values()
-                     if not (fr.FrameID in id3raw.GENRE_IDS
-                             or (fr.FrameID in id3raw.CUSTOM_IDS and fr.desc.startswith(PREFIX))))
+    loaded = Counter(fr.FrameID for fr in tags.values() if not _managed(fr))
     lost = Counter(_v23_id(fr.id) if tag.version == 2 else fr.id for fr in tag.others()) - loaded
     if lost:
         raise TagError(f"converting to ID3v2.{version} would lose frame{'s' * (len(lost) > 1)} "
@@ -522,8 +527,7 @@ def _view(path: str, kind: type, version: int) -> list:
     if tags.version[1] != version:
         _convert(tags, version)
     frames = [fr._get_v23_frame(sep="/") if version == 3 else fr for fr in tags.values()
-              if not (fr.FrameID in id3raw.GENRE_IDS
-                      or (fr.FrameID in id3raw.CUSTOM_IDS and fr.desc.startswith(PREFIX)))]
+              if not _managed(fr)]
     return sorted(id3raw.Frame(fr.FrameID, b"", _content(fr).encode()) for fr in frames)
 
 

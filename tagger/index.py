@@ -27,7 +27,7 @@ from pathlib import Path
 import platformdirs
 import sqlite_utils
 
-from tagger.errors import DatabaseError
+from tagger.errors import DatabaseError, UserError
 from tagger.genres import GENRES
 
 SCHEMA_VERSION = 3
@@ -165,6 +165,14 @@ def check_location(path: Path) -> None:
                 raise DatabaseError(f"{parent} is a file, not a folder; pass an --db path "
                                     "in a folder", str(path))
             return
+
+
+def check_existing(path: Path) -> None:
+    """check_location, and a UserError if no scan has made an index at path yet: for the
+    commands that work from what a scan stored."""
+    check_location(path)
+    if not path.exists():
+        raise UserError(f"{path}: no index there yet; run `tagger scan FOLDER` first")
 
 
 def _check_single_name(path: Path) -> None:
@@ -549,14 +557,12 @@ class Index:
         return True
 
     @_sqlite_errors
-    def note_written(self, path: str, version: tuple[int, int],
-                     identity: tuple[int, int] | None = None) -> None:
-        """The (size, mtime_ns), and (st_dev, st_ino), of the file that is about to replace
-        the one at path: its record follows it."""
+    def note_written(self, path: str, version: tuple[int, int]) -> None:
+        """The (size, mtime_ns) of the file that is about to replace the one at path (its
+        inode is noted once it has: note_identity)."""
         if (record := self._record(path)) is not None:
-            self._write("UPDATE tag_backups SET written_size = ?, written_mtime_ns = ?,"
-                        " dev = coalesce(?, dev), ino = coalesce(?, ino) WHERE id = ?",
-                        [*version, *(identity or (None, None)), record[0]])
+            self._write("UPDATE tag_backups SET written_size = ?, written_mtime_ns = ? WHERE id = ?",
+                        [*version, record[0]])
 
     @_sqlite_errors
     def record_id(self, path: str) -> int | None:
@@ -578,11 +584,6 @@ class Index:
     def written_version(self, path: str) -> tuple[int, int] | None:
         record = self._record(path)
         return tuple(record[1:]) if record and record[1] is not None else None
-
-    @_sqlite_errors
-    def drop_backup(self, path: str) -> None:
-        if (record := self._record(path)) is not None:
-            self._write("DELETE FROM tag_backups WHERE id = ?", [record[0]])
 
     @_sqlite_errors
     def backups(self) -> Iterator[tuple[str, dict]]:

@@ -169,7 +169,7 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
                     id3_version=opts.id3_version, before_replace=_note_written(index, path))
             except TagError:
                 if created:     # nothing was written: a record kept now could later undo
-                    index.drop_backup(path)     # another program's edit
+                    index.drop_record(record)   # another program's edit
                 raise
             index.note_identity(record, new)
             index.moved_on(path, _version(st), _version(new))
@@ -190,7 +190,7 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
         old = [v for k, v in backup["fields"] if k.upper() == state.table.genre_key.upper()]
         if tags.is_restored(state, backup):
             if not dry_run:
-                index.drop_backup(path)
+                index.drop_record(index.record_id(path))
             return Outcome(path, "unchanged", state.genres, state.genres)
         if tags.read_only(path):
             raise TagError("read-only; left unchanged", path)

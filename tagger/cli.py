@@ -30,7 +30,7 @@ from tagger import __version__
 from tagger.errors import DatabaseError, TaggerError, UserError
 from tagger.genres import GENRES, normalise_genre
 from tagger.recipe import CACHE_ENV_VAR, TrainSettings, default_cache_dir
-from tagger.index import ENV_VAR as DB_ENV_VAR, Index, check_location, default_db_path
+from tagger.index import ENV_VAR as DB_ENV_VAR, Index, check_existing, default_db_path
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
 from tagger import output
 from tagger.pool import available_cores
@@ -101,9 +101,7 @@ def load_classifier(model: Path, device: Device):
 def existing_index(db: Path, read_only: bool = False) -> Index:
     """The index at db, for the commands that work from what a scan stored there; read_only
     for those that only read it (they work on a read-only disk too)."""
-    check_location(db)
-    if not db.exists():
-        raise UserError(f"{db}: no index there yet; run `tagger scan FOLDER` first")
+    check_existing(db)
     return Index(db, read_only=read_only)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagger.errors import DatabaseError, UserError
-from tagger.index import (Index, check_location, connect_read_only, foreign_tables, from_db_path,
+from tagger.index import (Index, check_existing, check_location, connect_read_only, foreign_tables, from_db_path,
                           identity, to_db_path)
 
 TABLES = ("tag_backups", "tracks", "probabilities")     # the order of a recovery
@@ -89,9 +89,7 @@ def _past_damage(readable, last: int) -> int | None:
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    check_location(path)
-    if not path.exists():
-        raise UserError(f"{path}: no index there yet; run `tagger scan FOLDER` first")
+    check_existing(path)
     try:
         return connect_read_only(path)
     except sqlite3.DatabaseError as exc:

@@ -14,8 +14,9 @@ import pytest
 from tagfixtures import (HOSTILE_V22, HOSTILE_V23, genres_of, id3_tag, make_hostile, odd_wav,
                          payload, raw_frames, wav_chunks)
 from tagger import tags
-from tagger.index import Index, TrackResult
-from test_tags import MODEL_ID, PROBS, run
+from tagger.index import Index
+from conftest import run
+from test_tags import MODEL_ID, index_as_scanned
 
 MANAGED = (b"TCON", b"TCO")
 
@@ -66,9 +67,7 @@ def audio(path: Path) -> bytes:
 def test_write_tags_keeps_every_other_frame_byte_for_byte(copies, hostile, tmp_path, name):
     path = copies / name
     db = tmp_path / "index.db"
-    with Index(db) as index:
-        st = path.stat()
-        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    index_as_scanned(db, [path])
     result = run("write-tags", "--db", db, "--overwrite", "--probabilities")
     assert "Wrote genres to 1 files" in result.stdout, result.output
     version = raw_frames(tag_bytes(path))[0]
@@ -254,9 +253,7 @@ def test_verification_refuses_a_copy_whose_audio_changed(tmp_path, ext):
 def test_write_tags_id3v24_names_the_frames_it_would_lose(copies, hostile, tmp_path):
     path = copies / "hostile23.mp3"
     db = tmp_path / "index.db"
-    with Index(db) as index:
-        st = path.stat()
-        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    index_as_scanned(db, [path])
     result = run("write-tags", "--db", db, "--overwrite", "--id3v24")
     assert (f"{path}: converting to ID3v2.4 would lose frames COMM, RGAD, TXXX, USLT; "
             "left unchanged\n") in result.stderr
@@ -271,9 +268,7 @@ def test_a_dry_run_names_the_frames_a_version_change_would_lose(copies, hostile,
     """The dry run said "Rock -> Hip-Hop" for a file that the real run then skipped."""
     path = copies / "hostile23.mp3"
     db = tmp_path / "index.db"
-    with Index(db) as index:
-        st = path.stat()
-        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    index_as_scanned(db, [path])
     result = run("write-tags", "--db", db, "--overwrite", "--id3v24", "--dry-run")
     assert (f"{path}: converting to ID3v2.4 would lose frames COMM, RGAD, TXXX, USLT; "
             "left unchanged\n") in result.stderr, result.output
@@ -341,9 +336,7 @@ def test_a_restore_after_a_version_change_gives_back_numeric_genres(tmp_path, ve
                      + path.read_bytes())
     state = tags.read(str(path))
     db = tmp_path / "index.db"
-    with Index(db) as index:
-        st = path.stat()
-        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    index_as_scanned(db, [path])
     run("write-tags", "--db", db, "--overwrite", flag)
     assert genres_of(path) == ["Hip-Hop"]
     result = run("restore-tags", "--db", db)
@@ -438,9 +431,7 @@ def test_credits_survive_a_v23_round_trip(tmp_path):
     id3.add(TMCL(encoding=3, people=[["guitar", "G"]]))
     id3.save(path, v2_version=4)
     db = tmp_path / "index.db"
-    with Index(db) as index:
-        st = path.stat()
-        index.store([TrackResult(str(path), st.st_size, st.st_mtime_ns, MODEL_ID, "ok", dict(PROBS))])
+    index_as_scanned(db, [path])
     run("write-tags", "--db", db, "--id3v23")
     assert "Restored 1 files" in run("restore-tags", "--db", db).stdout
     id3 = ID3(path)

@@ -12,6 +12,7 @@ from tagger.checkpoint import FIX, Checkpoint
 from tagger.errors import CheckpointError, UserError
 from tagger.features import FeatureSettings, LogMel, cut_segments, log_mels
 from tagger.pool import available_cores
+from tagger.teacher import track_tags
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -40,6 +41,7 @@ class Classifier:
         self.settings = checkpoint.features
         self.device = pick_device(device)
         self.net = checkpoint.build()
+        self.uncertain_below = checkpoint.model.uncertain_below
         self.net.cnn.fuse_batch_norm()          # inference only: a checkpoint keeps its BN
         self.net.to(self.device, memory_format=torch.channels_last)   # conv weights: 2x on CPUs
         self.log_mel = LogMel(self.settings).to(self.device)
@@ -58,20 +60,38 @@ class Classifier:
                    for track in tracks for w in track]
         owner = torch.tensor([i for i, track in enumerate(tracks) for _ in track], device=self.device)
         mels = log_mels(windows, self.settings, self.log_mel)
-        probs = track_probabilities(self.net, mels, owner, len(tracks), self.settings).cpu().numpy()
+        tags = (track_tags(self.net.teacher, tracks, self.settings.sample_rate)
+                if self.net.fused else None)
+        probs = track_probabilities(self.net, mels, owner, len(tracks), self.settings,
+                                    tags).cpu().numpy()
         if not np.isfinite(probs).all():        # finite weights can still overflow
             raise CheckpointError(f"the model gives NaN or infinite probabilities (model id "
                                   f"{self.model_id}: its weights overflow); {FIX}")
         return probs
 
 
-def track_probabilities(net: torch.nn.Module, mels: Sequence[torch.Tensor], owner: torch.Tensor,
-                        n_tracks: int, settings: FeatureSettings) -> torch.Tensor:
-    """Window log-mels [(n_mels, frames)] of n_tracks tracks (owner[i] = the track of window
-    i) -> (n_tracks, n_genres): the mean of each track's window softmaxes. Used by scan and
-    by evaluation alike."""
+def window_logits(net: torch.nn.Module, mels: Sequence[torch.Tensor], owner: torch.Tensor,
+                  settings: FeatureSettings, tags: torch.Tensor | None = None) -> torch.Tensor:
+    """Window log-mels [(n_mels, frames)] (owner[i] = the track of window i), and for a
+    fused model the tracks' tags (n_tracks, n_tags) -> (windows, n_genres) raw logits."""
     segments, lengths = cut_segments(list(mels), settings)
-    probs = torch.softmax(net(segments, lengths).float(), dim=-1)      # (windows, genres)
+    return net(segments, lengths, None if tags is None else tags[owner]).float()
+
+
+def pool_windows(logits: torch.Tensor, owner: torch.Tensor, n_tracks: int,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """(windows, n_genres) logits -> (n_tracks, n_genres): the mean of each track's window
+    softmaxes at `temperature`."""
+    probs = torch.softmax(logits / temperature, dim=-1)
     summed = probs.new_zeros(n_tracks, probs.shape[1]).index_add_(0, owner, probs)
     counts = torch.bincount(owner, minlength=n_tracks).clamp(min=1)[:, None]
     return summed / counts
+
+
+def track_probabilities(net: torch.nn.Module, mels: Sequence[torch.Tensor], owner: torch.Tensor,
+                        n_tracks: int, settings: FeatureSettings,
+                        tags: torch.Tensor | None = None) -> torch.Tensor:
+    """Window log-mels of n_tracks tracks -> (n_tracks, n_genres) calibrated probabilities
+    (the model's temperature applied): used by scan and by evaluation alike."""
+    return pool_windows(window_logits(net, mels, owner, settings, tags), owner, n_tracks,
+                        net.settings.temperature)

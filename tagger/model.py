@@ -21,6 +21,14 @@ class ModelSettings:
     rnn_layers: int = 1
     bidirectional: bool = True
     dropout: float = 0.3
+    # The fused model: the pretrained FCN's conv widths (tagger.teacher.CHANNELS); its 50 tag
+    # probabilities for the track are a second input to the genre head. () = CNN-RNN alone.
+    teacher_channels: tuple[int, ...] = ()
+    # Calibration, fitted on held-out tracks after training: window logits are divided by
+    # `temperature` before the softmax; a track whose top probability is below
+    # `uncertain_below` is shown as "uncertain". 1.0 and 0.0 leave both off.
+    temperature: float = 1.0
+    uncertain_below: float = 0.0
 
 
 def conv_block(c_in: int, c_out: int, first: bool) -> nn.Sequential:
@@ -60,6 +68,11 @@ class GenreCRNN(nn.Module):
 
     Input is log-mel in dB; the per-band normalisation statistics are buffers of the model,
     so that they travel with its weights.
+
+    Fused (settings.teacher_channels set), the model also holds the frozen teacher FCN
+    (tagger.teacher) and takes each window's track tags (B, 50) (Teacher.track_tags): the
+    genre head is linear over [CNN-RNN embedding, standardised tags], kept as two linear
+    layers whose logits add (`branches` gives each one's, for training).
     """
 
     def __init__(self, settings: ModelSettings):
@@ -74,8 +87,33 @@ class GenreCRNN(nn.Module):
         out = settings.rnn_hidden * (2 if settings.bidirectional else 1)
         self.dropout = nn.Dropout(settings.dropout)
         self.head = nn.Linear(out, settings.n_genres)
+        if settings.teacher_channels:
+            from tagger.teacher import TAGS, Teacher
+            self.teacher = Teacher(settings.teacher_channels).requires_grad_(False)
+            self.register_buffer("tag_mean", torch.zeros(len(TAGS)))
+            self.register_buffer("tag_std", torch.ones(len(TAGS)))
+            self.tag_head = nn.Linear(len(TAGS), settings.n_genres)
 
-    def forward(self, segments: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    @property
+    def fused(self) -> bool:
+        return bool(self.settings.teacher_channels)
+
+    def train(self, mode: bool = True) -> GenreCRNN:
+        super().train(mode)
+        if self.fused:
+            self.teacher.eval()             # frozen: its batch norms keep their statistics
+        return self
+
+    def forward(self, segments: torch.Tensor, lengths: torch.Tensor,
+                tags: torch.Tensor | None = None) -> torch.Tensor:
+        cnn, tag = self.branches(segments, lengths, tags)
+        return cnn if tag is None else cnn + tag
+
+    def branches(self, segments: torch.Tensor, lengths: torch.Tensor,
+                 tags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The genre logits from the CNN-RNN, and from the tags (None unless fused)."""
+        if self.fused and tags is None:
+            raise ValueError("a fused model needs the track tags of each window")
         b, s, n_mels, frames = segments.shape
         x = (segments - self.norm_mean[:, None]) / self.norm_std[:, None]
         mask = torch.arange(s, device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, S)
@@ -86,4 +124,8 @@ class GenreCRNN(nn.Module):
         out, _ = self.rnn(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=s)
         pooled = (out * mask[..., None]).sum(1) / lengths.to(x.device)[:, None]  # mean over time
-        return self.head(self.dropout(pooled))
+        cnn = self.head(self.dropout(pooled))
+        if not self.fused:
+            return cnn, None
+        tags = (tags.to(cnn.dtype) - self.tag_mean) / self.tag_std
+        return cnn, self.tag_head(self.dropout(tags))

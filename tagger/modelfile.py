@@ -11,7 +11,6 @@ from pathlib import Path
 
 from tagger.errors import UserError
 
-DEFAULT_MODEL_NAME = "default.pt"
 ENV_VAR = "TAGGER_MODEL"
 # The most a checkpoint may hold, on disk or unpacked (the shipped one holds 0.9 MB): far
 # above any model tagger trains, far below what would exhaust a laptop's memory.
@@ -44,20 +43,30 @@ def file_model_id(path: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def default_model_path() -> Path | None:
-    """The model shipped inside the package (models/default.pt in a source checkout, which
-    tagger/data/default.pt links to), or None if an installation lost it."""
-    candidate = resources.files("tagger") / "data" / DEFAULT_MODEL_NAME
+# The models shipped inside the package, by the name --model also takes (models/<name>.pt
+# in a source checkout, which tagger/data/<name>.pt links to; see models/MODEL_CARD.md).
+SHIPPED = ("default", "fast")
+
+
+def default_model_path(name: str = "default") -> Path | None:
+    """A model shipped inside the package, or None if an installation lost it."""
+    candidate = resources.files("tagger") / "data" / f"{name}.pt"
     return Path(str(candidate)) if candidate.is_file() else None
 
 
 def resolve_model(option: Path | None) -> tuple[Path, str]:
-    """(checkpoint path, model id) for a --model option, falling back to the shipped model."""
-    path = option or default_model_path()
+    """(checkpoint path, model id) for a --model option: a checkpoint file, or the name of a
+    shipped model ("default", "fast") when no file of that name is in the current folder;
+    no option means the shipped default."""
+    name = str(option) if option is not None and str(option) in SHIPPED else None
+    if option is not None and (name is None or os.path.lexists(option)):
+        path = option
+    else:
+        path = default_model_path(name or "default")
     if path is None:
-        raise UserError("the default model is missing from this installation (tagger/data/"
-                        f"{DEFAULT_MODEL_NAME}); reinstall tagger, or pass --model PATH (or set "
-                        f"{ENV_VAR}) to a tagger checkpoint file")
+        raise UserError(f"the {name or 'default'} model is missing from this installation "
+                        f"(tagger/data/{name or 'default'}.pt); reinstall tagger, or pass "
+                        f"--model PATH (or set {ENV_VAR}) to a tagger checkpoint file")
     try:
         problem = file_problem(path)
         if problem:

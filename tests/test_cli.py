@@ -149,7 +149,7 @@ def test_the_shipped_model_is_used_without_model(library, tmp_path):
 
 
 def test_a_lost_default_model_is_a_clear_error(library, tmp_path, monkeypatch):
-    monkeypatch.setattr("tagger.modelfile.default_model_path", lambda: None)
+    monkeypatch.setattr("tagger.modelfile.default_model_path", lambda name="default": None)
     result = run("scan", library, "--db", tmp_path / "i.db", ok=1)
     assert result.stderr.startswith("Error: the default model is missing from this installation")
     assert "--model PATH" in result.stderr and result.stderr.count("\n") == 1

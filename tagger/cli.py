@@ -29,7 +29,7 @@ from rich.text import Text
 from tagger import __version__
 from tagger.errors import DatabaseError, TaggerError, UserError
 from tagger.genres import GENRES, normalise_genre
-from tagger.recipe import CACHE_ENV_VAR, TrainSettings, default_cache_dir
+from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings, default_cache_dir
 from tagger.index import ENV_VAR as DB_ENV_VAR, Index, check_existing, default_db_path
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
 from tagger import output
@@ -64,7 +64,8 @@ DbOption = Annotated[Path, typer.Option("--db", envvar=DB_ENV_VAR, show_default=
                      help=f"The index file. \\[default: ${DB_ENV_VAR}, else {default_db_path()}]")]
 ModelOption = Annotated[Optional[Path], typer.Option(
     "--model", envvar=MODEL_ENV_VAR, show_default=False,
-    help=f"A tagger checkpoint. \\[default: ${MODEL_ENV_VAR}, else the model shipped with tagger]")]
+    help=f"A tagger checkpoint file, or 'fast' for the shipped fast model (see the README). "
+         f"\\[default: ${MODEL_ENV_VAR}, else the shipped default model]")]
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where the model runs.")]
 
 
@@ -357,6 +358,16 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same command.")] = False,
     cache: CacheOption = None,
     teacher: TeacherOption = None,
+    fused: Annotated[bool, typer.Option("--fused", help="Make the fused model: the teacher of "
+                     "--teacher goes into the checkpoint, frozen, and its 50 tags per track are a "
+                     "second input to the genre head (slower to scan, more accurate).")] = False,
+    temperature: Annotated[Optional[float], typer.Option(
+        "--temperature", min=0.05, max=20.0, show_default=False,
+        help="--split all only: the calibration temperature to store (take it from the report "
+             "of a --split filtered run of the same recipe); other splits fit it.")] = None,
+    uncertain_below: Annotated[float, typer.Option(
+        "--uncertain-below", min=0.0, max=1.0,
+        help="Tracks whose calibrated top probability is below this are 'uncertain'.")] = UNCERTAIN_BELOW,
 ) -> None:
     """Train the CNN-RNN on a GTZAN-style folder and report how it does against an MFCC baseline.
 
@@ -369,14 +380,20 @@ def train(
     from tagger.train import resume_path, train as run_training
 
     kind, folds = parse_split(split)
+    if fused and teacher is None:
+        raise UserError("--fused needs --teacher (msd_fcn's best_model.pth)")
     fcn = load_teacher_option(teacher)
+    from tagger.model import ModelSettings
+    from tagger.teacher import CHANNELS
+    ms = ModelSettings(teacher_channels=CHANNELS if fused else ())
     reporter = TrainReporter()
     try:
         with reporter.progress:
             report = run_training(data_dir, out, kind, folds,
-                                  TrainSettings(epochs=epochs, seed=seed),
+                                  TrainSettings(epochs=epochs, seed=seed), ms=ms,
                                   device=device.value, cache_dir=cache, resume=resume, reporter=reporter,
-                                  teacher=fcn)
+                                  teacher=fcn, temperature=temperature,
+                                  uncertain_below=uncertain_below)
     except KeyboardInterrupt:
         state = resume_path(out)
         if state.exists():

@@ -15,7 +15,7 @@ import torch
 
 from tagger.atomic import atomic_file
 from tagger.baseline import baseline_probabilities
-from tagger.classify import track_probabilities
+from tagger.classify import track_probabilities, window_logits
 from tagger.dataset import Clip, genre_counts
 from tagger.errors import UserError
 from tagger.features import FeatureSettings
@@ -24,17 +24,27 @@ from tagger.metrics import confusion_matrix, summarise
 
 @torch.inference_mode()
 def predict(net: torch.nn.Module, mels: Sequence[Sequence[torch.Tensor]], settings: FeatureSettings,
-            device: torch.device, batch_tracks: int = 16) -> np.ndarray:
-    """(n_clips, n_genres) probabilities: the same window pooling as `scan`."""
+            device: torch.device, tags: Sequence[torch.Tensor] | None = None,
+            batch_tracks: int = 16, logits: bool = False):
+    """(n_clips, n_genres) probabilities: the same window pooling as `scan` (a fused model
+    also takes each clip's track tags). logits=True: (window logits, owner) instead, for
+    calibration."""
     was_training = net.training
     net.eval()
-    out = []
+    out, owners = [], []
     for i in range(0, len(mels), batch_tracks):
         chunk = mels[i: i + batch_tracks]
         windows = [w.to(device) for track in chunk for w in track]
         owner = torch.tensor([j for j, track in enumerate(chunk) for _ in track], device=device)
-        out.append(track_probabilities(net, windows, owner, len(chunk), settings).cpu())
+        t = torch.stack(list(tags[i: i + batch_tracks])).to(device) if tags is not None else None
+        if logits:
+            out.append(window_logits(net, windows, owner, settings, t).cpu())
+            owners.append(owner.cpu() + i)
+        else:
+            out.append(track_probabilities(net, windows, owner, len(chunk), settings, t).cpu())
     net.train(was_training)
+    if logits:
+        return torch.cat(out), torch.cat(owners)
     return torch.cat(out).numpy() if out else np.zeros((0, net.settings.n_genres))
 
 
@@ -68,11 +78,12 @@ def margin(model: dict, baseline: dict) -> dict:
 
 
 def compare(model: dict, train: Sequence[Clip], evaluated: Sequence[Clip], mels: dict, genres: Sequence[str],
-            seed: int, teacher_cache=None) -> dict:
+            seed: int, teacher_cache=None, model_probs: np.ndarray | None = None) -> dict:
     """The references fitted on the `train` clips and scored on the `evaluated` ones, with
     the model's margins: the MFCC baseline always ("baseline", "margin"); the teacher+LR
-    reference ("teacher_reference", "teacher_margin") when a teacher_genres.TeacherCache
-    is given. `mels` maps a clip's path to its log-mel windows."""
+    reference ("teacher_reference", "teacher_margin", and with the model's probabilities
+    "teacher_agreement": the share of clips where both pick the same genre) when a
+    teacher_genres.TeacherCache is given. `mels` maps a clip's path to its log-mel windows."""
     base = baseline_score((train, [mels[c.path] for c in train]),
                           (evaluated, [mels[c.path] for c in evaluated]), genres, seed)
     out = {"baseline": base, "margin": margin(model, base)}
@@ -82,13 +93,15 @@ def compare(model: dict, train: Sequence[Clip], evaluated: Sequence[Clip], mels:
                                       [teacher_cache.get(c.path) for c in evaluated], len(genres), seed)
         ref = score(probs, evaluated, genres)
         out |= {"teacher_reference": ref, "teacher_margin": margin(model, ref)}
+        if model_probs is not None:
+            out["teacher_agreement"] = float((model_probs.argmax(1) == probs.argmax(1)).mean())
     return out
 
 
 def report_paths(base: Path) -> dict[str, Path]:
     """folder/model -> folder/model.report.json, model.confusion.png, model.curves.png."""
     return {name: base.with_name(f"{base.name}.{name}") for name in
-            ("report.json", "confusion.png", "curves.png")}
+            ("report.json", "confusion.png", "curves.png", "reliability.png")}
 
 
 def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device: str = "auto",
@@ -104,6 +117,7 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
     from tagger.classify import pick_device
     from tagger.dataset import PARTS, FeatureCache, find_clips, load_features, make_splits, parse_split
     from tagger.recipe import default_cache_dir
+    from tagger.teacher import weights_digest
 
     if part not in (*PARTS, "all"):
         raise UserError(f"unknown part {part!r}; choose one of {', '.join((*PARTS, 'all'))}")
@@ -134,7 +148,13 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
     if not evaluated:
         raise UserError(f"{data_dir}: none of its clips is in the {part} part of the {split.name} split")
     genres = list(ckpt.genres)
-    probs = predict(ckpt.build().to(dev), [mels[c.path] for c in evaluated], ckpt.features, dev)
+    net = ckpt.build()
+    tags = None
+    if net.fused:       # the teacher inside the checkpoint, its outputs cached by its weights
+        net.teacher.sha256 = weights_digest(net.teacher)
+        track_cache = teacher_cache(net.teacher, cache, track=True)
+        tags = [track_cache.get(c.path)[0] for c in evaluated]
+    probs = predict(net.to(dev), [mels[c.path] for c in evaluated], ckpt.features, dev, tags)
     report = {"model": str(model_path), "model_id": ckpt.model_id, "data_folder": str(data_dir),
               "split": split.name if part != "all" else "all clips", "evaluated_on": part,
               "evaluated_genres": genre_counts(evaluated), "unreadable": len(usable) - len(clips),
@@ -142,7 +162,7 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
               "metrics": score(probs, evaluated, genres)}
     if part in ("valid", "test") and len({c.genre for c in split.train}) > 1:
         report |= compare(report["metrics"], split.train, evaluated, mels, genres, seed,
-                          teacher_cache(teacher, cache))
+                          teacher_cache(teacher, cache), probs)
     paths = report_paths(report_base)
     write_json(report, paths["report.json"])
     from tagger.figures import confusion_png
@@ -154,12 +174,12 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
     return report
 
 
-def teacher_cache(teacher, features):
+def teacher_cache(teacher, features, track: bool = False):
     """The teacher's tag cache beside the feature cache `features` (None without a teacher)."""
     if teacher is None:
         return None
     from tagger.teacher_genres import TeacherCache
-    return TeacherCache(features.dir.parent, teacher, features.settings)
+    return TeacherCache(features.dir.parent, teacher, features.settings, track)
 
 
 def present_only(matrix: Sequence[Sequence[int]], genres: Sequence[str]) -> tuple[list, list]:

@@ -62,3 +62,23 @@ def curves_png(histories: Sequence[Sequence[dict]], labels: Sequence[str], path:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def reliability_png(calibration: dict, title: str, path: Path) -> None:
+    """Accuracy against confidence per bin of the top probability, before and after the
+    temperature (calibrate.calibration_report); the diagonal is perfect calibration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=110)
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+    for key, label, colour in (("before", "T = 1", "tab:red"),
+                               ("after", f"T = {calibration['temperature']:.2f}", "tab:blue")):
+        rows = [b for b in calibration[key]["bins"] if b["tracks"]]
+        ax.plot([b["confidence"] for b in rows], [b["accuracy"] for b in rows], marker="o",
+                color=colour, label=f"{label}: ECE {calibration[key]['ece']:.3f}")
+    ax.set(xlabel="top probability (mean in bin)", ylabel="accuracy in bin", xlim=(0, 1),
+           ylim=(0, 1.02))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_ENV_VAR = "TAGGER_CACHE"
+# A track whose calibrated top probability is under this is more likely wrong than right:
+# it is shown as "uncertain" and not written into tags unless asked (calibrate.py).
+UNCERTAIN_BELOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class TrainSettings:
     time_masks: int = 2
     time_mask_frames: int = 20
     mixup_alpha: float = 0.2        # 0 turns mixup off
+    branch_loss: float = 0.5        # fused model: weight of each branch's own loss
     seed: int = 0
 
 

@@ -170,6 +170,16 @@ def track_tags(teacher: Teacher, tracks: Sequence[Sequence[np.ndarray | torch.Te
     return excerpt_tags(teacher, joined, sample_rate).to(device)
 
 
+def weights_digest(teacher: Teacher) -> str:
+    """SHA-256 over the teacher's tensors (names, shapes and bytes): a cache key for a
+    teacher that came inside a fused checkpoint rather than from its own file."""
+    digest = hashlib.sha256()
+    for name, tensor in teacher.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _one_line(error: RuntimeError) -> str:
     """load_state_dict's multi-line report as one line."""
     lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]

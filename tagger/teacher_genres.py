@@ -27,26 +27,31 @@ WINDOW_FIELDS = ("sample_rate", "excerpt_windows", "excerpt_seconds")   # what d
 C = 0.1         # the logistic regression's inverse regularisation, as the MFCC baseline's
 
 
-def cache_folder(cache_dir: Path, sha256: str, settings: FeatureSettings) -> Path:
+def cache_folder(cache_dir: Path, sha256: str, settings: FeatureSettings, track: bool = False) -> Path:
     """cache_dir/teacher-<sha256[:12]>-<window settings key>."""
     windows = {f: getattr(settings, f) for f in WINDOW_FIELDS}
     text = json.dumps({**windows, "teacher_rate": fcn.SAMPLE_RATE,
-                       "teacher_samples": fcn.INPUT_SAMPLES}, sort_keys=True)
+                       "teacher_samples": fcn.INPUT_SAMPLES, **({"track": True} if track else {})},
+                      sort_keys=True)
     return Path(cache_dir) / f"teacher-{sha256[:12]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 class TeacherCache(ArrayCache):
-    """get(path) -> one (n_tags,) float32 tensor of tag probabilities per excerpt window."""
+    """get(path) -> one (n_tags,) float32 tensor of tag probabilities per excerpt window;
+    with track=True, one for the track (teacher.track_tags: what the fused model reads)."""
 
-    def __init__(self, cache_dir: Path, teacher: fcn.Teacher, settings: FeatureSettings):
+    def __init__(self, cache_dir: Path, teacher: fcn.Teacher, settings: FeatureSettings,
+                 track: bool = False):
         if not teacher.sha256:
             raise ValueError("the teacher has no .sha256: load it with teacher.load_teacher")
-        super().__init__(cache_folder(cache_dir, teacher.sha256, settings))
-        self.teacher, self.settings = teacher, settings
+        super().__init__(cache_folder(cache_dir, teacher.sha256, settings, track))
+        self.teacher, self.settings, self.track = teacher, settings, track
 
     def compute(self, path: str) -> list[torch.Tensor]:
         s = self.settings
         ex = decode_excerpts(path, s.sample_rate, s.excerpt_windows, s.excerpt_seconds)
+        if self.track:
+            return list(fcn.track_tags(self.teacher, [ex.waveforms], s.sample_rate))
         return list(fcn.excerpt_tags(self.teacher, ex.waveforms, s.sample_rate))
 
 

@@ -47,6 +47,7 @@ from tagger.features import FeatureSettings
 from tagger.genres import GENRES
 from tagger.metrics import spread, summarise
 from tagger.model import GenreCRNN, ModelSettings
+from tagger.calibrate import UNCERTAIN_BELOW, calibration_report, fit_temperature
 from tagger.recipe import TrainSettings, default_cache_dir
 
 STATE_FORMAT = "tagger-train-state"
@@ -136,10 +137,21 @@ class RunState:
     seconds: float = 0.0
 
 
+def mixed_loss(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor, lam: float,
+               weights: torch.Tensor) -> torch.Tensor:
+    """Class-weighted cross-entropy against the mix of two labels (lam = 1: no mixup)."""
+    loss = lam * F.cross_entropy(logits, y, weight=weights)
+    return loss if lam == 1.0 else loss + (1 - lam) * F.cross_entropy(logits, y_mix, weight=weights)
+
+
 def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSettings,
               ms: ModelSettings, ts: TrainSettings, device: torch.device, run_index: int,
-              reporter: Reporter, saved: dict | None, save_state) -> tuple[GenreCRNN, RunState]:
-    """Train on split.train, early-stopping on split.valid; returns the best epoch's model."""
+              reporter: Reporter, saved: dict | None, save_state,
+              tags: dict[str, torch.Tensor] | None = None,
+              teacher_state: dict | None = None) -> tuple[GenreCRNN, RunState]:
+    """Train on split.train, early-stopping on split.valid; returns the best epoch's model.
+    A fused model (ms.teacher_channels) also takes `tags` (a clip's path -> its track tags)
+    and starts from the teacher's weights `teacher_state`, which stay frozen."""
     genres = list(GENRES)
     train_clips, valid_clips = split.train, split.valid
     train_mels = [mels[c.path] for c in train_clips]
@@ -152,8 +164,16 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
     mean, std = normalisation(train_mels)
     net.norm_mean.copy_(mean)
     net.norm_std.copy_(std)
+    train_tags = valid_tags = None
+    if net.fused:
+        net.teacher.load_state_dict(teacher_state)
+        train_tags = torch.stack([tags[c.path] for c in train_clips])
+        valid_tags = [tags[c.path] for c in valid_clips]
+        net.tag_mean.copy_(train_tags.mean(0))
+        net.tag_std.copy_(train_tags.std(0).clamp(min=1e-3))
     net.to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=ts.lr, weight_decay=ts.weight_decay)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=ts.lr,
+                            weight_decay=ts.weight_decay)
     weights = class_weights(y_train, len(genres)).to(device)
     steps_per_epoch = math.ceil(len(train_clips) * ts.crops_per_clip / ts.batch_size)
     total_steps = steps_per_epoch * ts.epochs
@@ -188,17 +208,23 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
             for g in opt.param_groups:
                 g["lr"] = lr_at(state.epoch * steps_per_epoch + step, total_steps,
                                 ts.warmup_epochs * steps_per_epoch, ts.lr)
+            t = train_tags[idx].to(device) if net.fused else None
+            lam, perm = 1.0, torch.arange(len(idx))
             if ts.mixup_alpha > 0:
                 lam = float(torch.distributions.Beta(ts.mixup_alpha, ts.mixup_alpha).sample())
                 lam = max(lam, 1 - lam)
                 perm = torch.randperm(len(idx), generator=gen)
                 x = lam * x + (1 - lam) * x[perm.to(device)]
                 lengths = torch.maximum(lengths, lengths[perm])
-                logits = net(x, lengths)
-                loss = (lam * F.cross_entropy(logits, y, weight=weights)
-                        + (1 - lam) * F.cross_entropy(logits, y[perm.to(device)], weight=weights))
-            else:
-                loss = F.cross_entropy(net(x, lengths), y, weight=weights)
+                if t is not None:
+                    t = lam * t + (1 - lam) * t[perm.to(device)]
+            y_mix = y[perm.to(device)]
+            cnn, tag = net.branches(x, lengths, t)
+            if tag is None:
+                loss = mixed_loss(cnn, y, y_mix, lam, weights)
+            else:   # the sum, and each branch alone: neither may lean on the other
+                loss = sum(mixed_loss(z, y, y_mix, lam, weights) * w for z, w in
+                           ((cnn + tag, 1.0), (cnn, ts.branch_loss), (tag, ts.branch_loss)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -209,7 +235,7 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
                "valid_loss": None, "valid_accuracy": None, "valid_macro_f1": None,
                "lr": opt.param_groups[0]["lr"]}
         if valid_clips:
-            probs = predict(net, valid_mels, fs, device)
+            probs = predict(net, valid_mels, fs, device, valid_tags)
             metrics = score(probs, valid_clips, genres)
             row |= {"valid_loss": nll(probs, valid_clips, genres), "valid_accuracy": metrics["accuracy"],
                     "valid_macro_f1": metrics["macro_f1"]}
@@ -240,6 +266,36 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
     return net.cpu().eval(), state
 
 
+# --- calibration ---------------------------------------------------------------------------
+
+def clip_tags(tags: dict[str, torch.Tensor] | None, clips: Sequence[Clip]) -> list[torch.Tensor] | None:
+    return None if tags is None else [tags[c.path] for c in clips]
+
+
+def calibrated(net: GenreCRNN, split: Split, mels: dict, tags: dict | None, fs: FeatureSettings,
+               temperature: float | None, uncertain_below: float) -> ModelSettings:
+    """The net's settings with its temperature (fitted on split.valid when there is one)
+    and the uncertain threshold."""
+    if split.valid:
+        logits, owner = predict(net, [mels[c.path] for c in split.valid], fs, torch.device("cpu"),
+                                clip_tags(tags, split.valid), logits=True)
+        temperature = fit_temperature(logits, owner, labels(split.valid, GENRES))
+    return dataclasses.replace(net.settings, temperature=temperature or 1.0,
+                               uncertain_below=uncertain_below)
+
+
+def calibration_figures(net: GenreCRNN, split: Split, part: str, mels: dict, tags: dict | None,
+                        fs: FeatureSettings) -> dict:
+    """calibrate.calibration_report on the evaluated part (the test fold in cross-validation,
+    where it is honest; the validation part otherwise, which also fitted the temperature)."""
+    clips = split.parts[part]
+    logits, owner = predict(net, [mels[c.path] for c in clips], fs, torch.device("cpu"),
+                            clip_tags(tags, clips), logits=True)
+    return {"fitted_on": "valid", "measured_on": part,
+            **calibration_report(logits, owner, labels(clips, GENRES), net.settings.temperature,
+                                 net.settings.uncertain_below)}
+
+
 # --- the whole job ------------------------------------------------------------------------------
 
 def _atomic_torch_save(payload: dict, path: Path) -> None:
@@ -261,11 +317,23 @@ def _job_key(clips: Sequence[Clip], split_desc: str, ts: TrainSettings, fs: Feat
 def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
           ts: TrainSettings = TrainSettings(), fs: FeatureSettings = FeatureSettings(),
           ms: ModelSettings = ModelSettings(), device: str = "auto", cache_dir: Path | None = None,
-          resume: bool = False, reporter: Reporter = Reporter(), teacher=None) -> dict:
+          resume: bool = False, reporter: Reporter = Reporter(), teacher=None,
+          temperature: float | None = None, uncertain_below: float = UNCERTAIN_BELOW) -> dict:
     """Train (one split) or cross-validate (folds); returns the report, which is also
     written beside `out` with its figures. Only a single-split run writes a checkpoint.
-    With `teacher` (a teacher.Teacher), each run's report has the teacher+LR reference."""
+    With `teacher` (a teacher.Teacher), each run's report has the teacher+LR reference;
+    a fused model (ms.teacher_channels) needs it.
+
+    Each run with a validation part fits its temperature there (calibrate.fit_temperature;
+    `temperature` must then be None); a run without one (--split all) takes `temperature`
+    as given (default 1). `uncertain_below` goes into the checkpoint either way."""
     started = time.perf_counter()
+    if ms.teacher_channels and teacher is None:
+        raise UserError("a fused model learns from the teacher: pass --teacher (msd_fcn's "
+                        "best_model.pth)")
+    if temperature is not None and split != "all":
+        raise UserError("--temperature is for --split all; the other splits fit it on their "
+                        "validation clips")
     dev = pick_device(device)
     found: Found = find_clips(data_dir)
     if not found.clips:
@@ -291,6 +359,12 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
     if cache.write_error:
         reporter.note(f"Could not write the feature cache ({cache.write_error}); going on without it.")
     mels = {c.path: m for c, m in zip(clips, mels_list)}
+    tags, teacher_state = None, None
+    if ms.teacher_channels:
+        reporter.note(f"Running the teacher over {len(clips)} clips (cached for later runs).")
+        track_cache = teacher_cache(teacher, cache, track=True)
+        tags = {c.path: track_cache.get(c.path)[0] for c in clips}
+        teacher_state = teacher.state_dict()
     splits = make_splits(clips, split, folds, ts.seed)
     genres_seen = sorted({c.genre for c in clips})
     if len(genres_seen) < 2:
@@ -305,7 +379,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
     key = _job_key(clips, splits[0].name, ts, fs, ms)
     state_file = resume_path(out)
     done_runs: list[dict] = []
-    saved, final_state = None, None
+    saved, final_state, final_ms = None, None, ms
     if resume and state_file.exists():
         try:
             payload = torch.load(state_file, map_location="cpu", weights_only=True)
@@ -317,6 +391,9 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
             raise UserError(f"{state_file}: saved by a run with other data, split or settings; "
                             "delete it or run without --resume")
         done_runs, saved, final_state = payload["done_runs"], payload["current"], payload["final"]
+        if payload.get("final_calibration"):
+            final_ms = dataclasses.replace(ms, temperature=payload["final_calibration"][0],
+                                           uncertain_below=payload["final_calibration"][1])
     elif resume:
         reporter.note(f"Nothing to resume at {state_file}; starting afresh.")
 
@@ -330,41 +407,53 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
                                 "current": current, "final": None}, state_file)
 
         reporter.run_start(i, len(splits), s, ts.epochs, saved["epoch"] if saved else 0)
-        net, state = train_run(s, mels, fs, ms, ts, dev, i, reporter, saved, save_state)
+        net, state = train_run(s, mels, fs, ms, ts, dev, i, reporter, saved, save_state,
+                               tags, teacher_state)
         saved = None
         part = "test" if s.test else "valid" if s.valid else None
+        net.settings = calibrated(net, s, mels, tags, fs, temperature, uncertain_below)
         result = {"split": s.name, "parts": s.counts(), "evaluated_on": part,
                   "train_genres": genre_counts(s.train), "best_epoch": state.best["epoch"],
                   "epochs_run": state.epoch, "seconds_per_epoch": state.seconds / max(state.epoch, 1),
                   "history": state.history}
         if part:
             evaluated = s.parts[part]
-            probs = predict(net, [mels[c.path] for c in evaluated], fs, torch.device("cpu"))
+            probs = predict(net, [mels[c.path] for c in evaluated], fs, torch.device("cpu"),
+                            clip_tags(tags, evaluated))
             model_metrics = score(probs, evaluated, genres)
             result |= {"evaluated_genres": genre_counts(evaluated), "model": model_metrics,
                        **compare(model_metrics, s.train, evaluated, mels, genres, ts.seed,
-                                 teacher_cache(teacher, cache))}
+                                 teacher_cache(teacher, cache), probs)}
         if s.missing:
             result["missing_from_lists"] = s.missing
             result["unlisted_clips"] = s.unlisted
         done_runs.append(result)
         reporter.run_end(result)
-        final_state = net.state_dict()
+        final_state, final_ms = net.state_dict(), net.settings
+        if s.valid:
+            result["calibration"] = calibration_figures(net, s, part, mels, tags, fs)
         _atomic_torch_save({"format": STATE_FORMAT, "key": key, "done_runs": done_runs,
-                            "current": None, "final": final_state}, state_file)
+                            "current": None, "final": final_state,
+                            "final_calibration": [final_ms.temperature, final_ms.uncertain_below]},
+                           state_file)
 
     report = _report(data_dir, found, failed, splits, split, done_runs, ts, fs, ms, dev,
                      time.perf_counter() - started)
     paths = report_paths(out.with_name(out.stem))
     if len(splits) == 1:
         run = done_runs[0]
-        final_net = GenreCRNN(ms)
+        final_net = GenreCRNN(final_ms)
         final_net.load_state_dict(final_state)
         metrics = {k: run[k] for k in ("split", "evaluated_on", "best_epoch", "epochs_run")}
         if run["evaluated_on"]:
             metrics |= {"accuracy": run["model"]["accuracy"], "macro_f1": run["model"]["macro_f1"],
                         "baseline_accuracy": run["baseline"]["accuracy"],
                         "baseline_macro_f1": run["baseline"]["macro_f1"], "margin": run["margin"]}
+        if "calibration" in run:
+            c = run["calibration"]
+            metrics["calibration"] = {"measured_on": c["measured_on"], "tracks": c["tracks"],
+                                      "ece_before": c["before"]["ece"], "ece_after": c["after"]["ece"],
+                                      "uncertain": c["uncertain"]}
         ckpt = new_checkpoint(final_net, fs, tuple(genres), metrics=metrics,
             provenance=report["provenance"])
         report["model_id"] = save(ckpt, out)
@@ -407,12 +496,19 @@ def _report(data_dir, found, failed, splits, split_kind, runs, ts, fs, ms, dev, 
             "baseline_macro_f1": spread([r["baseline"]["macro_f1"] for r in runs]),
             "pooled": summarise(pooled, list(GENRES)),
             "pooled_baseline": summarise(pooled_base, list(GENRES)),
+            **({"teacher_reference_accuracy": spread([r["teacher_reference"]["accuracy"] for r in runs]),
+                "teacher_reference_macro_f1": spread([r["teacher_reference"]["macro_f1"] for r in runs]),
+                "teacher_agreement": spread([r["teacher_agreement"] for r in runs])}
+               if all("teacher_agreement" in r for r in runs) else {}),
+            "calibration": {"temperature": spread([r["calibration"]["temperature"] for r in runs]),
+                            "ece_before": spread([r["calibration"]["before"]["ece"] for r in runs]),
+                            "ece_after": spread([r["calibration"]["after"]["ece"] for r in runs])},
         }
     return report
 
 
 def _figures(report: dict, paths: dict[str, Path]) -> None:
-    from tagger.figures import confusion_png, curves_png
+    from tagger.figures import confusion_png, curves_png, reliability_png
     runs = report["runs"]
     if "cross_validation" in report:
         cv = report["cross_validation"]
@@ -428,3 +524,7 @@ def _figures(report: dict, paths: dict[str, Path]) -> None:
     if matrix is not None:
         confusion_png(*present_only(matrix, GENRES), title, paths["confusion.png"])
     curves_png([r["history"] for r in runs], [r["split"] for r in runs], paths["curves.png"])
+    if len(runs) == 1 and "calibration" in runs[0]:
+        c = runs[0]["calibration"]
+        reliability_png(c, f"{runs[0]['split']}: {c['tracks']} {c['measured_on']} clips "
+                        f"(T fitted on {c['fitted_on']})", paths["reliability.png"])

@@ -3,6 +3,7 @@ feature cache, metrics, the whole train -> checkpoint -> evaluate/scan path, and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import SMALL, TINY_GENRES, make_tiny_gtzan, write_track
+from tagger.calibrate import UNCERTAIN_BELOW
 from tagger.checkpoint import load
 from tagger.classify import Classifier
 from tagger.cli import app
@@ -184,9 +186,13 @@ def test_training_beats_chance_and_writes_checkpoint_report_and_figures(trained)
     assert 1 <= run["best_epoch"] <= run["epochs_run"] <= QUICK.epochs
     written = json.loads(out.with_name("tiny.report.json").read_text())
     assert written["split"] == "filtered" and written["model_id"] == report["model_id"]
-    for figure in ("tiny.confusion.png", "tiny.curves.png"):
+    for figure in ("tiny.confusion.png", "tiny.curves.png", "tiny.reliability.png"):
         assert out.with_name(figure).read_bytes()[:8] == PNG
     assert not resume_path(out).exists()
+    calibration = run["calibration"]    # fitted on the valid clips, measured on the evaluated
+    assert calibration["measured_on"] == run["evaluated_on"] and calibration["tracks"] == 9
+    assert calibration["nll_after"] <= calibration["nll_before"] + 1e-9
+    assert 0 <= calibration["after"]["ece"] <= 1
 
 
 def test_trained_checkpoint_round_trip(trained, tiny):
@@ -195,7 +201,9 @@ def test_trained_checkpoint_round_trip(trained, tiny):
     assert ckpt.model_id == report["model_id"]
     assert ckpt.metrics["accuracy"] == report["runs"][0]["model"]["accuracy"]
     assert ckpt.provenance["split"] == "filtered" and ckpt.provenance["seed"] == 0
-    assert ckpt.model == SMALL and ckpt.features == FeatureSettings()
+    assert ckpt.features == FeatureSettings()
+    assert ckpt.model == dataclasses.replace(SMALL, temperature=report["runs"][0]["calibration"][
+        "temperature"], uncertain_below=UNCERTAIN_BELOW)
     # the normalisation statistics travel in the checkpoint
     assert not torch.equal(ckpt.state_dict["norm_mean"], torch.zeros(128))
     probs = Classifier(ckpt, "cpu").classify([[np.zeros(22050, np.float32)]])

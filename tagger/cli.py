@@ -211,14 +211,20 @@ def print_summary(stats, seconds: float, db: Path) -> None:
               highlight=False)
     if stats.failed or stats.silent:
         out.print("List them with: tagger query --failed", highlight=False)
-    if stats.genres:
+    if stats.uncertain_below and stats.classified:
+        out.print(f"{stats.uncertain} uncertain (top genre below {stats.uncertain_below:.0%})"
+                  + (". List them with: tagger query --uncertain" if stats.uncertain else "."),
+                  highlight=False)
+    counts = [(output.genre_name(genre), n) for genre, n in stats.genres.most_common()]
+    counts += [("(uncertain)", stats.uncertain)] if stats.uncertain else []
+    if counts:
         table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
         table.add_column("Genre")
         table.add_column("Tracks", justify="right")
         table.add_column("")
-        top, bar = max(stats.genres.values()), output.glyph(out, "█", "#")
-        for genre, n in stats.genres.most_common():
-            table.add_row(output.genre_name(genre), str(n), bar * max(1, round(20 * n / top)))
+        top, bar = max(n for _, n in counts), output.glyph(out, "█", "#")
+        for name, n in counts:
+            table.add_row(name, str(n), bar * max(1, round(20 * n / top)))
         out.print(table)
     out.print(f"Index: {db}", highlight=False)
 
@@ -232,6 +238,9 @@ def query(
         "--min-confidence", min=0.0, max=1.0, show_default=False,
         help="With --genre: tracks whose probability for it is at least this, top genre or not.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Only tracks that could not be classified.")] = False,
+    uncertain: Annotated[bool, typer.Option(
+        "--uncertain", help="Only tracks whose top genre is below their model's threshold, "
+                            "shown as uncertain (write-tags leaves them alone).")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", min=0, show_default=False,
                      help="At most this many tracks.")] = None,
     fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = ListFormat.table,
@@ -248,8 +257,12 @@ def query(
             raise UserError(f"unknown genre {genre!r}; choose one of {', '.join(GENRES)}")
     if min_confidence is not None and key is None:
         raise UserError("--min-confidence needs --genre")
+    if uncertain and failed:
+        raise UserError("--uncertain and --failed exclude each other (a failed track has no "
+                        "genre); pass one of them")
     with existing_index(db, read_only=True) as index:
-        rows = index.tracks(genre=key, min_confidence=min_confidence, failed=failed, limit=limit)
+        rows = index.tracks(genre=key, min_confidence=min_confidence, failed=failed, limit=limit,
+                            uncertain=uncertain)
         if fmt is ListFormat.json:
             output.write_json(rows)
         elif fmt is ListFormat.csv:
@@ -519,7 +532,7 @@ def show(
     results, shown, rows = {}, 0, []      # printed in the order given, as they come
     for batch in classify_files([Candidate(p, 0, 0) for p in paths], classifier,
                                 workers=available_cores(), batch_size=1):
-        results.update((r.path, r.as_row()) for r in batch)
+        results.update((r.path, r.as_row(classifier.uncertain_below)) for r in batch)
         while shown < len(paths) and paths[shown] in results:
             if fmt is ShowFormat.json:
                 rows.append(results[paths[shown]])
@@ -597,6 +610,11 @@ def write_tags(
     only_missing: Annotated[bool, typer.Option(
         "--only-missing/--overwrite",
         help="Leave files that already have a genre, or replace it.")] = True,
+    include_uncertain: Annotated[bool, typer.Option(
+        "--include-uncertain",
+        help="Also write tracks whose top genre is below their model's threshold (`tagger "
+             "query --uncertain` lists them); without it their files are left as they are, "
+             "even a genre tagger wrote before.")] = False,
     probabilities: Annotated[bool, typer.Option(
         "--probabilities/--no-probabilities",
         help="Also write TAGGER_MODEL and TAGGER_PROB_<GENRE> custom fields.")] = False,
@@ -611,7 +629,7 @@ def write_tags(
 
     Every other tag, the cover art and the audio stay as they were; the old genre is kept in
     the index, and [bold]tagger restore-tags[/bold] puts it back. A file changed since the
-    scan is skipped.
+    scan is skipped, and so is a track whose genre is uncertain (see --include-uncertain).
 
     Example: [bold]tagger write-tags ~/Music/Jazz --top-k 2 --min-confidence 0.3 --dry-run[/bold]
     """
@@ -620,7 +638,7 @@ def write_tags(
     if genre is not None and (key := normalise_genre(genre)) is None:
         raise UserError(f"unknown genre {genre!r}; choose one of {', '.join(GENRES)}")
     opts = TagOptions(top_k, min_confidence, not only_missing, probabilities,
-                      None if id3v23 is None else (3 if id3v23 else 4), dry_run)
+                      None if id3v23 is None else (3 if id3v23 else 4), dry_run, include_uncertain)
     index, roots = open_index_for_tags(db, paths or [])
     with index, index.writer_lock():
         todo = [row["path"] for row in tracks_to_tag(index, roots, key)]
@@ -631,7 +649,8 @@ def write_tags(
         stats = run_tag_command("Writing tags", todo, tracks_to_tag(index, roots, key),
                                 lambda row: tag_one(index, row, opts), dry_run)
     print_tag_summary(stats, "Would write genres to" if dry_run else "Wrote genres to",
-                      f", {stats.below} below {min_confidence:.0%} confidence")
+                      f", {stats.below} below {min_confidence:.0%} confidence"
+                      + (f", {stats.uncertain} uncertain, not written" if stats.uncertain else ""))
 
 
 @app.command("restore-tags")

@@ -30,7 +30,7 @@ import sqlite_utils
 from tagger.errors import DatabaseError, UserError
 from tagger.genres import GENRES
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ENV_VAR = "TAGGER_DB"
 
 
@@ -68,13 +68,19 @@ class TrackResult:
     def genre(self) -> str | None:
         return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
 
-    def as_row(self) -> dict:
-        """The same dict that Index.tracks() yields."""
+    def as_row(self, uncertain_below: float = 0.0) -> dict:
+        """The same dict that Index.tracks() yields, for a model of this threshold."""
         genre = self.genre
-        return {"path": self.path, "genre": genre,
-                "confidence": self.probabilities[genre] if genre else None,
+        confidence = self.probabilities[genre] if genre else None
+        return {"path": self.path, "genre": genre, "confidence": confidence,
                 "probabilities": dict(sorted(self.probabilities.items(), key=lambda kv: -kv[1])),
-                "model_id": self.model_id, "error": self.error, "status": self.status}
+                "model_id": self.model_id, "error": self.error, "status": self.status,
+                "uncertain": is_uncertain(confidence, uncertain_below)}
+
+
+def is_uncertain(confidence: float | None, uncertain_below: float) -> bool:
+    """A classified track whose top probability is below its model's threshold (0: never)."""
+    return confidence is not None and confidence < uncertain_below
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -136,12 +142,19 @@ def _create_backups(db: sqlite_utils.Database) -> None:
     db["tag_backups"].create_index(["dev", "ino"])
 
 
-MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3]   # MIGRATIONS[i] takes the schema from version i to i + 1
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    """The models that scored tracks, with the threshold below which a track's top genre is
+    uncertain (ModelSettings.uncertain_below). A model without a row has none (0)."""
+    db["models"].create({"model_id": str, "uncertain_below": float}, pk="model_id",
+                        not_null={"uncertain_below"})
+
+
+MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]   # MIGRATIONS[i] takes the schema from version i to i + 1
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-TAGGER_TABLES = {"tracks", "probabilities", "tag_backups", "tag_backups_v2"}
+TAGGER_TABLES = {"tracks", "probabilities", "tag_backups", "tag_backups_v2", "models"}
 
 
 def foreign_tables(names: Sequence[str]) -> list[str]:
@@ -441,6 +454,13 @@ class Index:
                     [(track_id, g, float(p)) for g, p in r.probabilities.items()])
 
     @_sqlite_errors
+    def note_model(self, model_id: str, uncertain_below: float) -> None:
+        """The threshold of the model that scores (or scored) tracks as model_id."""
+        self._write("INSERT INTO models (model_id, uncertain_below) VALUES (?, ?) ON CONFLICT"
+                    "(model_id) DO UPDATE SET uncertain_below = excluded.uncertain_below",
+                    [model_id, uncertain_below])
+
+    @_sqlite_errors
     def genres(self) -> list[str]:
         """Every genre that has probabilities in the index, in the vocabulary's order."""
         found = {g for (g,) in self.db.execute("SELECT DISTINCT genre FROM probabilities")}
@@ -448,15 +468,21 @@ class Index:
 
     @_sqlite_errors
     def tracks(self, genre: str | None = None, min_confidence: float | None = None,
-               failed: bool = False, limit: int | None = None) -> Iterator[dict]:
+               failed: bool = False, limit: int | None = None,
+               uncertain: bool = False) -> Iterator[dict]:
         """Rows for listing: for a genre, most probable first; otherwise by path. Each dict has
-        path, genre, confidence, probabilities {genre: p} (best first), model_id, error, status.
+        path, genre, confidence, probabilities {genre: p} (best first), model_id, error, status,
+        and uncertain (its top probability is below its model's threshold).
 
         genre alone: tracks whose top genre it is. genre and min_confidence: tracks whose
-        probability for it is at least min_confidence, top genre or not.
+        probability for it is at least min_confidence, top genre or not. uncertain: only
+        the uncertain ones.
         """
+        # an index not migrated yet (opened read-only) knows no model's threshold
+        threshold = ("coalesce((SELECT m.uncertain_below FROM models m WHERE m.model_id ="
+                     " t.model_id), 0)" if self.db["models"].exists() else "0")
         columns = ("t.id, t.path, t.genre, t.confidence, t.model_id, t.error, t.status,"
-                   " t.size, t.mtime_ns")
+                   f" t.size, t.mtime_ns, t.confidence < {threshold}")
         where, params = [], []
         if genre is not None and min_confidence is not None:
             sql = (f"SELECT {columns} FROM probabilities p JOIN tracks t ON t.id = p.track_id"
@@ -472,6 +498,8 @@ class Index:
                 order = "t.confidence DESC, t.path"
         if failed:
             where.append("t.status != 'ok'")
+        if uncertain:
+            where.append(f"t.status = 'ok' AND t.confidence < {threshold}")
         sql += "".join(f" AND {w}" for w in where) + f" ORDER BY {order}"
         if limit is not None:
             sql += " LIMIT ?"
@@ -484,10 +512,11 @@ class Index:
                     f"SELECT track_id, genre, probability FROM probabilities WHERE track_id IN ({marks})"
                     " ORDER BY track_id, probability DESC", list(probs)):
                 probs[track_id][g] = p
-            for track_id, path, top, confidence, model_id, error, status, size, mtime_ns in rows:
+            for track_id, path, top, confidence, model_id, error, status, size, mtime_ns, below in rows:
                 yield {"path": from_db_path(path), "genre": top, "confidence": confidence,
                        "probabilities": probs[track_id], "model_id": model_id, "error": error,
-                       "status": status, "size": size, "mtime_ns": mtime_ns}
+                       "status": status, "size": size, "mtime_ns": mtime_ns,
+                       "uncertain": status == "ok" and bool(below)}
 
     @_sqlite_errors
     def file_version(self, path: str) -> tuple[int, int] | None:

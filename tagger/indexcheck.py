@@ -130,8 +130,8 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
 
 
 def recover(path: Path, new: Path) -> dict[str, int]:
-    """Copy what can be read from the index at path into a new index: undo records, then
-    tracks with their probabilities. A classified track whose probabilities are not all
+    """Copy what can be read from the index at path into a new index: undo records and the
+    models' thresholds, then tracks with their probabilities. A classified track whose probabilities are not all
     readable (they no longer sum to 1) is left out, so that the next scan classifies it again.
     Returns {"tag_backups": n, "tracks": n, "probabilities": n, "tracks_left_out": n}."""
     check_location(new)
@@ -162,6 +162,9 @@ def _copy(conn: sqlite3.Connection, index: Index) -> dict[str, int]:
             cursor = db.execute(f"INSERT OR IGNORE INTO tag_backups ({', '.join(columns)}) VALUES"
                                 f" ({', '.join('?' * len(columns))})", [row.get(c) for c in columns])
             counts["tag_backups"] += cursor.rowcount
+        for row in _rows(conn, "models"):
+            db.execute("INSERT OR IGNORE INTO models (model_id, uncertain_below) VALUES (?, ?)",
+                       [row["model_id"], row["uncertain_below"]])
     track_columns = [c.name for c in db["tracks"].columns]
     with db.atomic():
         for row in _rows(conn, "tracks"):

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from tagger.genres import DISPLAY_NAMES
 
-JSON_KEYS = ("path", "genre", "confidence", "probabilities", "model_id", "error")
+JSON_KEYS = ("path", "genre", "confidence", "probabilities", "model_id", "error", "uncertain")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
 
@@ -68,15 +68,17 @@ def write_json(rows: Iterable[dict]) -> None:
 
 
 def write_csv(rows: Iterable[dict], genres: Sequence[str]) -> None:
-    """Columns: path, genre, confidence, model_id, error, then one per genre."""
+    """Columns: path, genre, confidence, model_id, error, one per genre, then uncertain
+    (true or false: added last, so that the others keep their places)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "genre", "confidence", "model_id", "error", *genres])
+    writer.writerow(["path", "genre", "confidence", "model_id", "error", *genres, "uncertain"])
     for row in rows:
         probs = row.get("probabilities") or {}
         writer.writerow([row["path"], row.get("genre") or "", _num(row.get("confidence")),
                          row.get("model_id") or "", row.get("error") or "",
-                         *(_num(probs.get(g)) for g in genres)])
+                         *(_num(probs.get(g)) for g in genres),
+                         "true" if row.get("uncertain") else "false"])
         if buf.tell() > 1 << 16:
             _write(buf.getvalue())
             buf.seek(0)
@@ -109,6 +111,9 @@ def print_table(console: Console, rows: Iterable[dict]) -> int:
         path = escape(display(row["path"]))
         if row.get("error"):
             table.add_row(f"[red]{dash}[/red]", "", f"{path}  [red]({escape(row['error'])})[/red]")
+        elif row.get("uncertain"):          # below its model's threshold: a guess, not a genre
+            table.add_row(f"[yellow]{genre_name(row['genre'])} (uncertain)[/yellow]",
+                          f"{row['confidence']:.0%}", path)
         else:
             table.add_row(genre_name(row["genre"]), f"{row['confidence']:.0%}", path)
     if count:
@@ -122,11 +127,14 @@ def bar_chart(console: Console, row: dict, width: int = 30) -> None:
     if row.get("error"):
         console.print(f"  [red]{escape(row['error'])}[/red]", highlight=False)
         return
+    if row.get("uncertain"):
+        console.print("  [yellow]uncertain: its top genre is below the model's threshold[/yellow]",
+                      highlight=False)
     table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 1))
     full, half = glyph(console, "█", "#"), glyph(console, "▌", "")
     for genre, p in sorted(row["probabilities"].items(), key=lambda kv: -kv[1]):
         filled = p * width
         bar = full * int(filled) + (half if filled - int(filled) >= 0.5 else "")
-        style = "green" if genre == row["genre"] else "cyan"
+        style = "cyan" if genre != row["genre"] else "yellow" if row.get("uncertain") else "green"
         table.add_row(f"  {genre_name(genre)}", f"[{style}]{bar:<{width}}[/{style}]", f"{p:6.1%}")
     console.print(table)

@@ -17,7 +17,7 @@ import numpy as np
 
 from tagger.crawl import Candidate, crawl
 from tagger.decode import Excerpts
-from tagger.index import Index, TrackResult
+from tagger.index import Index, TrackResult, is_uncertain
 from tagger.pool import DecodeJob, DecodePool, Failure, decode_job
 
 if TYPE_CHECKING:                   # importing torch is kept off the rescan path
@@ -33,13 +33,18 @@ class ScanStats:
     classified: int = 0
     failed: int = 0
     silent: int = 0
-    genres: Counter = field(default_factory=Counter)
+    uncertain: int = 0                  # classified, top genre below the model's threshold
+    uncertain_below: float = 0.0        # the model's threshold
+    genres: Counter = field(default_factory=Counter)    # top genres of the others
     interrupted: bool = False
 
     def count(self, result: TrackResult) -> None:
         if result.status == "ok":
             self.classified += 1
-            self.genres[result.genre] += 1
+            if is_uncertain(result.probabilities[result.genre], self.uncertain_below):
+                self.uncertain += 1
+            else:
+                self.genres[result.genre] += 1
         elif result.status == "silent":
             self.silent += 1
         else:                               # "failed" or "error" (transient)
@@ -120,6 +125,8 @@ def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *,
     """Decode, classify and store `todo`; one transaction per batch. When should_stop()
     turns true, what is already decoded is classified and stored, and the scan returns."""
     stats = stats or ScanStats()
+    stats.uncertain_below = classifier.uncertain_below
+    index.note_model(classifier.model_id, classifier.uncertain_below)
     done = 0
     with closing(classify_files(todo, classifier, workers=workers, batch_size=batch_size,
                                 should_stop=should_stop, decode_timeout=decode_timeout)) as batches:

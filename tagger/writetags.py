@@ -32,12 +32,14 @@ class TagOptions:
     probabilities: bool = False      # also write TAGGER_MODEL and TAGGER_PROB_<GENRE>
     id3_version: int | None = None   # 3 or 4 converts ID3v2 tags; None keeps each file's own
     dry_run: bool = False
+    include_uncertain: bool = False  # also write tracks whose top genre is below the threshold
 
 
 @dataclass
 class Outcome:
     """What happened to one file: "written" (or restored; in a dry run, would be),
-    "unchanged", "below" (the threshold), or "skipped" with a reason."""
+    "unchanged", "below" (--min-confidence), "uncertain" (below the model's threshold), or
+    "skipped" with a reason."""
     path: str
     action: str
     old: list[str] = field(default_factory=list)
@@ -50,6 +52,7 @@ class TagStats:
     written: int = 0
     unchanged: int = 0
     below: int = 0
+    uncertain: int = 0
     skipped: Counter = field(default_factory=Counter)     # short reason -> files
     interrupted: bool = False
 
@@ -143,6 +146,8 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
     path = row["path"]
     if row["status"] != "ok":
         return Outcome(path, "skipped", reason=NOT_CLASSIFIED)
+    if row["uncertain"] and not opts.include_uncertain:
+        return Outcome(path, "uncertain")      # the file stays as it is, tagger's genre or not
     chosen = chosen_genres(row["probabilities"], opts.top_k, opts.min_confidence)
     if not chosen:
         return Outcome(path, "below")

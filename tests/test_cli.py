@@ -28,7 +28,9 @@ def test_scan_then_query_every_format(library, model_path, tmp_path):
     paths = {Path(r["path"]).name for r in rows}
     assert paths == {"one.mp3", "two.flac", "three.ogg", "four.opus", "five.m4a", "six.wav", "seven.aiff"}
     for row in rows:
-        assert set(row) == {"path", "genre", "confidence", "probabilities", "model_id", "error"}
+        assert set(row) == {"path", "genre", "confidence", "probabilities", "model_id", "error",
+                            "uncertain"}
+        assert row["uncertain"] is False        # the model has no threshold
         assert os.path.isabs(row["path"])
         assert set(row["probabilities"]) == set(GENRES)
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -98,7 +100,7 @@ def test_query_filters_and_formats(library, model_path, tmp_path):
     assert failed[0]["genre"] is None and failed[0]["error"] and failed[0]["probabilities"] == {}
     assert len(query_json(db, "--limit", "3")) == 3
     csv_lines = run("query", "--db", db, "--format", "csv").stdout.splitlines()
-    assert csv_lines[0] == "path,genre,confidence,model_id,error," + ",".join(GENRES)
+    assert csv_lines[0] == "path,genre,confidence,model_id,error," + ",".join(GENRES) + ",uncertain"
     assert len(csv_lines) == 9
     m3u = run("query", "--db", db, "--genre", top, "--format", "m3u").stdout.splitlines()
     assert m3u[0] == "#EXTM3U" and m3u[1:] == [r["path"] for r in by_top]

@@ -21,7 +21,7 @@ from tagfixtures import genres_of, make_fixtures, payload, snapshot
 from tagger import tags
 from tagger.crawl import crawl
 from tagger.genres import GENRES
-from tagger.index import Index, TrackResult, _migrate_1
+from tagger.index import SCHEMA_VERSION, Index, TrackResult, _migrate_1
 
 MODEL_ID = "0123456789ab"
 # Hip-Hop first, Jazz second: top-k 2 at 0.25 writes both, the default 0.5 writes Hip-Hop
@@ -462,7 +462,7 @@ def test_a_version_1_index_migrates(tmp_path, lib):
     conn.commit()
     conn.close()
     with Index(path) as index:
-        assert index.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert index.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert "tag_backups" in index.db.table_names()
         assert index.file_version("/a") == (1, 2)
 

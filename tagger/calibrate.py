@@ -22,6 +22,15 @@ def track_nll(logits: torch.Tensor, owner: torch.Tensor, y: np.ndarray, temperat
     return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean())
 
 
+def fit_fusion(cnn: torch.Tensor, tag: torch.Tensor, owner: torch.Tensor, y: np.ndarray
+               ) -> tuple[float, float]:
+    """The fused model's (cnn_weight, temperature) minimising the held-out tracks' NLL of
+    (w * cnn + tag) / T: w on a grid of 0, 0.1 ... 1, each with its best T."""
+    fits = [(w, fit_temperature(w * cnn + tag, owner, y)) for w in np.linspace(0.0, 1.0, 11)]
+    w, t = min(fits, key=lambda f: track_nll(f[0] * cnn + tag, owner, y, f[1]))
+    return round(float(w), 2), t
+
+
 def fit_temperature(logits: torch.Tensor, owner: torch.Tensor, y: np.ndarray) -> float:
     """The T in [0.05, 20] minimising the held-out tracks' NLL: a log-spaced grid, then a
     finer one around its best point (one parameter: no optimiser needed)."""
@@ -62,13 +71,17 @@ def certainty_split(probs: np.ndarray, y: np.ndarray, threshold: float) -> dict:
             "accuracy_uncertain": float(right[~sure].mean()) if (~sure).any() else None}
 
 
-def calibration_report(logits: torch.Tensor, owner: torch.Tensor, y: np.ndarray,
-                       temperature: float, threshold: float) -> dict:
-    """Before (T = 1) and after (the fitted T) on the same tracks."""
-    before = pool_windows(logits, owner, len(y), 1.0).numpy()
-    after = pool_windows(logits, owner, len(y), temperature).numpy()
-    return {"temperature": temperature, "tracks": len(y),
-            "nll_before": track_nll(logits, owner, y, 1.0),
-            "nll_after": track_nll(logits, owner, y, temperature),
+def calibration_report(cnn: torch.Tensor, tag: torch.Tensor, owner: torch.Tensor, y: np.ndarray,
+                       temperature: float, threshold: float, cnn_weight: float = 1.0) -> dict:
+    """Before (T = 1, the branches' plain sum) and after (the fitted T and weight) on the
+    same tracks; `tag` is zeros for a model that is not fused."""
+    raw, fitted = cnn + tag, cnn_weight * cnn + tag
+    before = pool_windows(raw, owner, len(y), 1.0).numpy()
+    after = pool_windows(fitted, owner, len(y), temperature).numpy()
+    return {"temperature": temperature, "cnn_weight": cnn_weight, "tracks": len(y),
+            "accuracy_before": float((before.argmax(1) == y).mean()),
+            "accuracy_after": float((after.argmax(1) == y).mean()),
+            "nll_before": track_nll(raw, owner, y, 1.0),
+            "nll_after": track_nll(fitted, owner, y, temperature),
             "before": reliability(before, y), "after": reliability(after, y),
             "uncertain": certainty_split(after, y, threshold)}

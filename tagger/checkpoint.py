@@ -56,11 +56,11 @@ RANGES = {
     "segment_frames": (1, 1024), "segment_hop": (1, 1024), "excerpt_windows": (1, 16),
     "excerpt_seconds": (0.1, 300.0), "db_floor": (-200.0, -1.0),
     "n_genres": (2, 1000), "rnn_hidden": (1, 4096), "rnn_layers": (1, 8), "dropout": (0.0, 0.99),
-    "temperature": (0.01, 100.0), "uncertain_below": (0.0, 1.0),
+    "temperature": (0.01, 100.0), "uncertain_below": (0.0, 1.0), "cnn_weight": (0.0, 1.0),
 }
 # Settings added after format version 1 was fixed: a checkpoint without them was made
 # before they existed, and gets their defaults (no fusion, no calibration).
-LATER = {"teacher_channels", "temperature", "uncertain_below"}
+LATER = {"teacher_channels", "temperature", "uncertain_below", "cnn_weight"}
 CHOICES = {"mel_scale": ("slaney", "htk"), "rnn": ("gru", "lstm")}
 MAX_BLOCKS, MAX_WIDTH = 8, 1024     # model.channels: conv blocks, and each one's width
 TEACHER_BLOCKS = 5                  # model.teacher_channels: the FCN's five blocks

@@ -374,10 +374,19 @@ def train(
     fused: Annotated[bool, typer.Option("--fused", help="Make the fused model: the teacher of "
                      "--teacher goes into the checkpoint, frozen, and its 50 tags per track are a "
                      "second input to the genre head (slower to scan, more accurate).")] = False,
-    temperature: Annotated[Optional[float], typer.Option(
-        "--temperature", min=0.05, max=20.0, show_default=False,
-        help="--split all only: the calibration temperature to store (take it from the report "
-             "of a --split filtered run of the same recipe); other splits fit it.")] = None,
+    unlabelled: Annotated[Optional[list[Path]], typer.Option(
+        "--unlabelled", show_default=False, metavar="DIR",
+        help="Distil: also learn the teacher's outputs (--teacher) on augmented views of the "
+             "audio in DIR (repeatable; see scripts/fetch_unlabelled.py).")] = None,
+    views: Annotated[int, typer.Option("--views", min=1, max=64,
+                     help="Distillation: augmented views of each clip, the clean one included.")] = TrainSettings.views,
+    crops: Annotated[int, typer.Option("--crops-per-clip", min=1, max=64,
+                     help="Crops drawn from each training clip (each view, distilling) an epoch.")] = TrainSettings.crops_per_clip,
+    calibration_from: Annotated[Optional[Path], typer.Option(
+        "--calibration-from", show_default=False, metavar="REPORT",
+        help="--split all only: store the calibration (temperature, fused branch weight) of "
+             "REPORT, the .report.json of a --split filtered run of the same recipe; the other "
+             "splits fit it on their validation clips.")] = None,
     uncertain_below: Annotated[float, typer.Option(
         "--uncertain-below", min=0.0, max=1.0,
         help="Tracks whose calibrated top probability is below this are 'uncertain'.")] = UNCERTAIN_BELOW,
@@ -393,8 +402,9 @@ def train(
     from tagger.train import resume_path, train as run_training
 
     kind, folds = parse_split(split)
-    if fused and teacher is None:
-        raise UserError("--fused needs --teacher (msd_fcn's best_model.pth)")
+    if (fused or unlabelled) and teacher is None:
+        raise UserError(f"{'--fused' if fused else '--unlabelled'} needs --teacher (msd_fcn's "
+                        "best_model.pth)")
     fcn = load_teacher_option(teacher)
     from tagger.model import ModelSettings
     from tagger.teacher import CHANNELS
@@ -403,10 +413,11 @@ def train(
     try:
         with reporter.progress:
             report = run_training(data_dir, out, kind, folds,
-                                  TrainSettings(epochs=epochs, seed=seed), ms=ms,
+                                  TrainSettings(epochs=epochs, seed=seed, views=views,
+                                                crops_per_clip=crops), ms=ms,
                                   device=device.value, cache_dir=cache, resume=resume, reporter=reporter,
-                                  teacher=fcn, temperature=temperature,
-                                  uncertain_below=uncertain_below)
+                                  teacher=fcn, calibration=read_calibration(calibration_from),
+                                  uncertain_below=uncertain_below, unlabelled=unlabelled or ())
     except KeyboardInterrupt:
         state = resume_path(out)
         if state.exists():
@@ -416,6 +427,21 @@ def train(
             err.print("Interrupted before the first epoch ended; nothing to resume.")
         raise typer.Exit(130)
     print_training_summary(report, out)
+
+
+def read_calibration(report: Optional[Path]) -> tuple[float, float] | None:
+    """(temperature, cnn_weight) of a training report's single run, or None."""
+    if report is None:
+        return None
+    import json
+    try:
+        c = json.loads(report.read_text())["runs"][0]["calibration"]
+        return float(c["temperature"]), float(c["cnn_weight"])
+    except OSError as exc:
+        raise UserError(f"{report}: cannot read the report ({exc.strerror})") from None
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise UserError(f"{report}: not the .report.json of a training run with a calibration "
+                        "(one made with --split filtered or random)") from None
 
 
 def print_training_summary(report: dict, checkpoint: Path) -> None:

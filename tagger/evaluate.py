@@ -15,10 +15,10 @@ import torch
 
 from tagger.atomic import atomic_file
 from tagger.baseline import baseline_probabilities
-from tagger.classify import track_probabilities, window_logits
+from tagger.classify import track_probabilities
 from tagger.dataset import Clip, genre_counts
 from tagger.errors import UserError
-from tagger.features import FeatureSettings
+from tagger.features import FeatureSettings, cut_segments
 from tagger.metrics import confusion_matrix, summarise
 
 
@@ -27,8 +27,8 @@ def predict(net: torch.nn.Module, mels: Sequence[Sequence[torch.Tensor]], settin
             device: torch.device, tags: Sequence[torch.Tensor] | None = None,
             batch_tracks: int = 16, logits: bool = False):
     """(n_clips, n_genres) probabilities: the same window pooling as `scan` (a fused model
-    also takes each clip's track tags). logits=True: (window logits, owner) instead, for
-    calibration."""
+    also takes each clip's track tags). logits=True: (CNN-RNN window logits, tag window
+    logits (zeros unless fused), owner) instead, for calibration."""
     was_training = net.training
     net.eval()
     out, owners = [], []
@@ -38,13 +38,16 @@ def predict(net: torch.nn.Module, mels: Sequence[Sequence[torch.Tensor]], settin
         owner = torch.tensor([j for j, track in enumerate(chunk) for _ in track], device=device)
         t = torch.stack(list(tags[i: i + batch_tracks])).to(device) if tags is not None else None
         if logits:
-            out.append(window_logits(net, windows, owner, settings, t).cpu())
+            segments, lengths = cut_segments(windows, settings)
+            cnn, tag = net.branches(net.embed(segments, lengths), None if t is None else t[owner])
+            out.append(torch.stack([cnn, torch.zeros_like(cnn) if tag is None else tag]).cpu())
             owners.append(owner.cpu() + i)
         else:
             out.append(track_probabilities(net, windows, owner, len(chunk), settings, t).cpu())
     net.train(was_training)
     if logits:
-        return torch.cat(out), torch.cat(owners)
+        both = torch.cat(out, dim=1)
+        return both[0], both[1], torch.cat(owners)
     return torch.cat(out).numpy() if out else np.zeros((0, net.settings.n_genres))
 
 

@@ -29,6 +29,10 @@ class ModelSettings:
     # `uncertain_below` is shown as "uncertain". 1.0 and 0.0 leave both off.
     temperature: float = 1.0
     uncertain_below: float = 0.0
+    # Fused model: the CNN-RNN branch's weight in the genre logits, fitted with the
+    # temperature on held-out tracks (on unseen artists the branch trained from scratch
+    # is far weaker than the tags; see models/MODEL_CARD.md).
+    cnn_weight: float = 1.0
 
 
 def conv_block(c_in: int, c_out: int, first: bool) -> nn.Sequential:
@@ -106,14 +110,11 @@ class GenreCRNN(nn.Module):
 
     def forward(self, segments: torch.Tensor, lengths: torch.Tensor,
                 tags: torch.Tensor | None = None) -> torch.Tensor:
-        cnn, tag = self.branches(segments, lengths, tags)
-        return cnn if tag is None else cnn + tag
+        cnn, tag = self.branches(self.embed(segments, lengths), tags)
+        return cnn if tag is None else self.settings.cnn_weight * cnn + tag
 
-    def branches(self, segments: torch.Tensor, lengths: torch.Tensor,
-                 tags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The genre logits from the CNN-RNN, and from the tags (None unless fused)."""
-        if self.fused and tags is None:
-            raise ValueError("a fused model needs the track tags of each window")
+    def embed(self, segments: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, S, n_mels, frames), (B,) -> (B, rnn outputs): the GRU's mean over time."""
         b, s, n_mels, frames = segments.shape
         x = (segments - self.norm_mean[:, None]) / self.norm_std[:, None]
         mask = torch.arange(s, device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, S)
@@ -123,7 +124,14 @@ class GenreCRNN(nn.Module):
                                                    enforce_sorted=False)
         out, _ = self.rnn(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=s)
-        pooled = (out * mask[..., None]).sum(1) / lengths.to(x.device)[:, None]  # mean over time
+        return (out * mask[..., None]).sum(1) / lengths.to(x.device)[:, None]  # mean over time
+
+    def branches(self, pooled: torch.Tensor, tags: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The genre logits from the CNN-RNN's embedding, and from the tags (None unless
+        fused)."""
+        if self.fused and tags is None:
+            raise ValueError("a fused model needs the track tags of each window")
         cnn = self.head(self.dropout(pooled))
         if not self.fused:
             return cnn, None

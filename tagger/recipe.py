@@ -31,6 +31,10 @@ class TrainSettings:
     time_mask_frames: int = 20
     mixup_alpha: float = 0.2        # 0 turns mixup off
     branch_loss: float = 0.5        # fused model: weight of each branch's own loss
+    views: int = 4                  # distillation: views of each clip in the bank (0: clean)
+    distil_temperature: float = 2.0 # ... softening the teacher's genre probabilities
+    label_weight: float = 0.3       # ... weight of the labels' cross-entropy
+    tag_weight: float = 1.0         # ... weight of the auxiliary 50-tag head's loss
     seed: int = 0
 
 

@@ -47,7 +47,7 @@ from tagger.features import FeatureSettings
 from tagger.genres import GENRES
 from tagger.metrics import spread, summarise
 from tagger.model import GenreCRNN, ModelSettings
-from tagger.calibrate import UNCERTAIN_BELOW, calibration_report, fit_temperature
+from tagger.calibrate import UNCERTAIN_BELOW, calibration_report, fit_fusion, fit_temperature
 from tagger.recipe import TrainSettings, default_cache_dir
 
 STATE_FORMAT = "tagger-train-state"
@@ -137,50 +137,94 @@ class RunState:
     seconds: float = 0.0
 
 
-def mixed_loss(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor, lam: float,
+@dataclass
+class Examples:
+    """What a run trains on: per example its log-mel windows and genre (-1: unlabelled);
+    its track tags (the fused model's second input, distillation's auxiliary target); and
+    soft genre targets (distillation: the teacher's, through the genre map)."""
+    mels: list[list[torch.Tensor]]
+    y: np.ndarray
+    tags: torch.Tensor | None = None
+    soft: torch.Tensor | None = None
+
+
+def label_loss(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor, lam: float,
                weights: torch.Tensor) -> torch.Tensor:
-    """Class-weighted cross-entropy against the mix of two labels (lam = 1: no mixup)."""
-    loss = lam * F.cross_entropy(logits, y, weight=weights)
-    return loss if lam == 1.0 else loss + (1 - lam) * F.cross_entropy(logits, y_mix, weight=weights)
+    """Class-weighted cross-entropy against the mix of two labels (lam = 1: no mixup);
+    unlabelled examples (-1) count for nothing."""
+    def ce(target: torch.Tensor) -> torch.Tensor:
+        if not bool((target >= 0).any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, target, weight=weights, ignore_index=-1)
+    return lam * ce(y) + (1 - lam) * ce(y_mix) if lam != 1.0 else ce(y)
+
+
+def objective(net: GenreCRNN, aux: torch.nn.Module | None, x: torch.Tensor, lengths: torch.Tensor,
+              tags: torch.Tensor | None, soft: torch.Tensor | None, y: torch.Tensor,
+              y_mix: torch.Tensor, lam: float, weights: torch.Tensor, ts: TrainSettings) -> torch.Tensor:
+    """The loss of one (mixed) batch. Labels only: cross-entropy; the fused model adds each
+    branch's own (so that neither leans on the other). Distillation (soft targets): the
+    teacher's softened genre probabilities at ts.distil_temperature (Hinton et al.'s T^2
+    scaling), plus ts.label_weight x the labels' cross-entropy, plus ts.tag_weight x the
+    auxiliary head's binary cross-entropy against the teacher's 50 tags."""
+    pooled = net.embed(x, lengths)
+    cnn, tag = net.branches(pooled, tags if net.fused else None)
+    if soft is None:
+        if tag is None:
+            return label_loss(cnn, y, y_mix, lam, weights)
+        return sum(label_loss(z, y, y_mix, lam, weights) * w for z, w in
+                   ((cnn + tag, 1.0), (cnn, ts.branch_loss), (tag, ts.branch_loss)))
+    logits = cnn if tag is None else cnn + tag
+    t = ts.distil_temperature
+    kd = -(soft * F.log_softmax(logits / t, dim=-1)).sum(-1).mean() * t * t
+    loss = kd + ts.label_weight * label_loss(logits, y, y_mix, lam, weights)
+    if aux is not None:
+        loss = loss + ts.tag_weight * F.binary_cross_entropy_with_logits(aux(net.dropout(pooled)), tags)
+    return loss
 
 
 def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSettings,
               ms: ModelSettings, ts: TrainSettings, device: torch.device, run_index: int,
               reporter: Reporter, saved: dict | None, save_state,
-              tags: dict[str, torch.Tensor] | None = None,
-              teacher_state: dict | None = None) -> tuple[GenreCRNN, RunState]:
-    """Train on split.train, early-stopping on split.valid; returns the best epoch's model.
-    A fused model (ms.teacher_channels) also takes `tags` (a clip's path -> its track tags)
-    and starts from the teacher's weights `teacher_state`, which stay frozen."""
+              tags: dict[str, torch.Tensor] | None = None, teacher_state: dict | None = None,
+              examples: Examples | None = None) -> tuple[GenreCRNN, RunState]:
+    """Train on split.train (or on `examples` built from it), early-stopping on split.valid;
+    returns the best epoch's model. A fused model (ms.teacher_channels) also takes `tags`
+    (a clip's path -> its track tags) and starts from the teacher's weights
+    `teacher_state`, which stay frozen. Distillation examples (with soft targets) also
+    train an auxiliary tag head, which the checkpoint leaves out."""
     genres = list(GENRES)
-    train_clips, valid_clips = split.train, split.valid
-    train_mels = [mels[c.path] for c in train_clips]
+    valid_clips = split.valid
     valid_mels = [mels[c.path] for c in valid_clips]
-    y_train = labels(train_clips, genres)
+    if examples is None:
+        examples = Examples([mels[c.path] for c in split.train], labels(split.train, genres),
+                            torch.stack([tags[c.path] for c in split.train]) if tags else None)
 
     torch.manual_seed(ts.seed * 1000 + run_index)
     gen = torch.Generator().manual_seed(ts.seed * 1000 + run_index)
     net = GenreCRNN(ms)
-    mean, std = normalisation(train_mels)
+    mean, std = normalisation(examples.mels)
     net.norm_mean.copy_(mean)
     net.norm_std.copy_(std)
-    train_tags = valid_tags = None
+    valid_tags = None
     if net.fused:
         net.teacher.load_state_dict(teacher_state)
-        train_tags = torch.stack([tags[c.path] for c in train_clips])
         valid_tags = [tags[c.path] for c in valid_clips]
-        net.tag_mean.copy_(train_tags.mean(0))
-        net.tag_std.copy_(train_tags.std(0).clamp(min=1e-3))
-    net.to(device)
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=ts.lr,
+        net.tag_mean.copy_(examples.tags.mean(0))
+        net.tag_std.copy_(examples.tags.std(0).clamp(min=1e-3))
+    aux = (torch.nn.Linear(net.head.in_features, examples.tags.shape[1])
+           if examples.soft is not None else None)
+    trained = torch.nn.ModuleList([net] + ([aux] if aux is not None else [])).to(device)
+    opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=ts.lr,
                             weight_decay=ts.weight_decay)
-    weights = class_weights(y_train, len(genres)).to(device)
-    steps_per_epoch = math.ceil(len(train_clips) * ts.crops_per_clip / ts.batch_size)
+    weights = class_weights(examples.y[examples.y >= 0], len(genres)).to(device)
+    n = len(examples.y)
+    steps_per_epoch = math.ceil(n * ts.crops_per_clip / ts.batch_size)
     total_steps = steps_per_epoch * ts.epochs
 
     state = RunState()
     if saved is not None:
-        net.load_state_dict(saved["model"])
+        trained.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         gen.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
@@ -189,8 +233,8 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
 
     while state.epoch < ts.epochs and state.stale < ts.patience:
         started = time.perf_counter()
-        net.train()
-        order = torch.randperm(len(train_clips) * ts.crops_per_clip, generator=gen) % len(train_clips)
+        trained.train()
+        order = torch.randperm(n * ts.crops_per_clip, generator=gen) % n
         total_loss, seen = 0.0, 0
         for step in range(steps_per_epoch):
             idx = order[step * ts.batch_size: (step + 1) * ts.batch_size].tolist()
@@ -198,17 +242,18 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
                 continue                                    # batch norm needs two crops
             crops = []
             for i in idx:
-                windows = train_mels[i]
+                windows = examples.mels[i]
                 w = windows[int(torch.randint(0, len(windows), (1,), generator=gen))]
                 crop = random_crop(w, ts.crop_segments, fs.segment_frames, gen)
                 crops.append(augment(crop, mean, ts, fs.db_floor, gen))
             x, lengths = make_batch(crops, fs)
             x = x.to(device)
-            y = torch.as_tensor(y_train[idx], device=device)
+            y = torch.as_tensor(examples.y[idx], device=device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(state.epoch * steps_per_epoch + step, total_steps,
                                 ts.warmup_epochs * steps_per_epoch, ts.lr)
-            t = train_tags[idx].to(device) if net.fused else None
+            t = examples.tags[idx].to(device) if examples.tags is not None else None
+            q = examples.soft[idx].to(device) if examples.soft is not None else None
             lam, perm = 1.0, torch.arange(len(idx))
             if ts.mixup_alpha > 0:
                 lam = float(torch.distributions.Beta(ts.mixup_alpha, ts.mixup_alpha).sample())
@@ -216,15 +261,8 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
                 perm = torch.randperm(len(idx), generator=gen)
                 x = lam * x + (1 - lam) * x[perm.to(device)]
                 lengths = torch.maximum(lengths, lengths[perm])
-                if t is not None:
-                    t = lam * t + (1 - lam) * t[perm.to(device)]
-            y_mix = y[perm.to(device)]
-            cnn, tag = net.branches(x, lengths, t)
-            if tag is None:
-                loss = mixed_loss(cnn, y, y_mix, lam, weights)
-            else:   # the sum, and each branch alone: neither may lean on the other
-                loss = sum(mixed_loss(z, y, y_mix, lam, weights) * w for z, w in
-                           ((cnn + tag, 1.0), (cnn, ts.branch_loss), (tag, ts.branch_loss)))
+                t, q = (None if v is None else lam * v + (1 - lam) * v[perm.to(device)] for v in (t, q))
+            loss = objective(net, aux, x, lengths, t, q, y, y[perm.to(device)], lam, weights, ts)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -255,7 +293,7 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
             state.stale = 0
         elif valid_clips and state.epoch >= ts.min_epochs:
             state.stale += 1
-        save_state({"model": net.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+        save_state({"model": trained.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "epoch": state.epoch, "history": state.history,
                     "best": state.best, "best_state": state.best_state, "stale": state.stale,
                     "seconds": state.seconds})
@@ -266,6 +304,55 @@ def train_run(split: Split, mels: dict[str, list[torch.Tensor]], fs: FeatureSett
     return net.cpu().eval(), state
 
 
+# --- distillation -----------------------------------------------------------------------------
+
+def view_bank(clips: Sequence[Clip], folders: Sequence[Path], teacher, cache: FeatureCache,
+              fs: FeatureSettings, ts: TrainSettings, reporter: Reporter) -> tuple[dict, list[str]]:
+    """The views of every labelled clip and of every readable audio file in `folders`
+    (path -> distil.Views), and those files' paths."""
+    from tagger.crawl import crawl
+    from tagger.decode import DecodeError
+    from tagger.distil import ViewBank
+    extra = [c.path for c in crawl(folders) if c.error is None]
+    if not extra:
+        raise UserError(f"{', '.join(map(str, folders))}: no audio files for --unlabelled")
+    bank = ViewBank(cache.dir.parent, teacher, fs, ts.views)
+    reporter.note(f"Views: {ts.views} of each of {len(clips)} clips and {len(extra)} unlabelled "
+                  "files, the teacher run on each (cached for later runs).")
+    views, kept, started = {}, [], time.perf_counter()
+    for n, path in enumerate([c.path for c in clips] + extra, start=1):
+        try:
+            views[path] = bank.get_views(path)
+        except (DecodeError, OSError) as exc:
+            reporter.note(f"{path}: left out ({getattr(exc, 'reason', None) or exc})")
+            continue
+        if n > len(clips):
+            kept.append(path)
+        if n % 100 == 0:
+            reporter.note(f"  {n} files, {time.perf_counter() - started:.0f} s")
+    return views, kept
+
+
+def distillation_examples(split: Split, views: dict, extra: Sequence[str], tags: dict | None,
+                          ts: TrainSettings) -> Examples:
+    """Every view of the split's training clips (labelled) and of the unlabelled files, with
+    the teacher's tags and its soft genre targets through the genre map fitted on the
+    training clips' clean views alone."""
+    from tagger.distil import genre_map, soft_targets
+    y_train = labels(split.train, GENRES)
+    clean = np.stack([views[c.path].tags[0].numpy() for c in split.train])
+    to_log_probs = genre_map(clean, y_train, len(GENRES), ts.seed)
+    mels, ys, view_tags = [], [], []
+    for path, label in [*zip((c.path for c in split.train), y_train), *((p, -1) for p in extra)]:
+        v = views[path]
+        mels += v.mels
+        ys += [int(label)] * len(v.mels)
+        view_tags.append(v.tags)
+    all_tags = torch.cat(view_tags)
+    soft = soft_targets(to_log_probs(all_tags.numpy()), ts.distil_temperature)
+    return Examples(mels, np.array(ys), all_tags, soft)
+
+
 # --- calibration ---------------------------------------------------------------------------
 
 def clip_tags(tags: dict[str, torch.Tensor] | None, clips: Sequence[Clip]) -> list[torch.Tensor] | None:
@@ -273,15 +360,23 @@ def clip_tags(tags: dict[str, torch.Tensor] | None, clips: Sequence[Clip]) -> li
 
 
 def calibrated(net: GenreCRNN, split: Split, mels: dict, tags: dict | None, fs: FeatureSettings,
-               temperature: float | None, uncertain_below: float) -> ModelSettings:
-    """The net's settings with its temperature (fitted on split.valid when there is one)
-    and the uncertain threshold."""
+               calibration: tuple[float, float] | None, uncertain_below: float) -> ModelSettings:
+    """The net's settings with its temperature, and for a fused model its CNN-RNN branch's
+    weight, fitted on split.valid when there is one (else `calibration`: (temperature,
+    weight), or none), and the uncertain threshold."""
+    weight, temperature = 1.0, 1.0
     if split.valid:
-        logits, owner = predict(net, [mels[c.path] for c in split.valid], fs, torch.device("cpu"),
-                                clip_tags(tags, split.valid), logits=True)
-        temperature = fit_temperature(logits, owner, labels(split.valid, GENRES))
-    return dataclasses.replace(net.settings, temperature=temperature or 1.0,
-                               uncertain_below=uncertain_below)
+        cnn, tag, owner = predict(net, [mels[c.path] for c in split.valid], fs,
+                                  torch.device("cpu"), clip_tags(tags, split.valid), logits=True)
+        y = labels(split.valid, GENRES)
+        if net.fused:
+            weight, temperature = fit_fusion(cnn, tag, owner, y)
+        else:
+            temperature = fit_temperature(cnn, owner, y)
+    elif calibration:
+        temperature, weight = calibration
+    return dataclasses.replace(net.settings, temperature=temperature, uncertain_below=uncertain_below,
+                               cnn_weight=weight if net.fused else 1.0)
 
 
 def calibration_figures(net: GenreCRNN, split: Split, part: str, mels: dict, tags: dict | None,
@@ -289,11 +384,12 @@ def calibration_figures(net: GenreCRNN, split: Split, part: str, mels: dict, tag
     """calibrate.calibration_report on the evaluated part (the test fold in cross-validation,
     where it is honest; the validation part otherwise, which also fitted the temperature)."""
     clips = split.parts[part]
-    logits, owner = predict(net, [mels[c.path] for c in clips], fs, torch.device("cpu"),
-                            clip_tags(tags, clips), logits=True)
+    cnn, tag, owner = predict(net, [mels[c.path] for c in clips], fs, torch.device("cpu"),
+                              clip_tags(tags, clips), logits=True)
+    ms = net.settings
     return {"fitted_on": "valid", "measured_on": part,
-            **calibration_report(logits, owner, labels(clips, GENRES), net.settings.temperature,
-                                 net.settings.uncertain_below)}
+            **calibration_report(cnn, tag, owner, labels(clips, GENRES), ms.temperature,
+                                 ms.uncertain_below, ms.cnn_weight)}
 
 
 # --- the whole job ------------------------------------------------------------------------------
@@ -318,22 +414,28 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
           ts: TrainSettings = TrainSettings(), fs: FeatureSettings = FeatureSettings(),
           ms: ModelSettings = ModelSettings(), device: str = "auto", cache_dir: Path | None = None,
           resume: bool = False, reporter: Reporter = Reporter(), teacher=None,
-          temperature: float | None = None, uncertain_below: float = UNCERTAIN_BELOW) -> dict:
+          calibration: tuple[float, float] | None = None, uncertain_below: float = UNCERTAIN_BELOW,
+          unlabelled: Sequence[Path] = ()) -> dict:
     """Train (one split) or cross-validate (folds); returns the report, which is also
     written beside `out` with its figures. Only a single-split run writes a checkpoint.
     With `teacher` (a teacher.Teacher), each run's report has the teacher+LR reference;
     a fused model (ms.teacher_channels) needs it.
 
     Each run with a validation part fits its temperature there (calibrate.fit_temperature;
-    `temperature` must then be None); a run without one (--split all) takes `temperature`
-    as given (default 1). `uncertain_below` goes into the checkpoint either way."""
+    a fused model also its CNN-RNN branch's weight: fit_fusion); a run without one (--split
+    all) takes `calibration`, (temperature, weight), as given (from the report of a run
+    that held clips out; default none). `uncertain_below` goes into the checkpoint either way.
+
+    With `unlabelled` folders (and the teacher), each run distils: it trains on a bank of
+    ts.views augmented views of its training clips and of every audio file in those
+    folders, against the teacher's outputs for each view (tagger.distil)."""
     started = time.perf_counter()
-    if ms.teacher_channels and teacher is None:
-        raise UserError("a fused model learns from the teacher: pass --teacher (msd_fcn's "
-                        "best_model.pth)")
-    if temperature is not None and split != "all":
-        raise UserError("--temperature is for --split all; the other splits fit it on their "
-                        "validation clips")
+    if (ms.teacher_channels or unlabelled) and teacher is None:
+        raise UserError(f"{'a fused model' if ms.teacher_channels else 'distillation'} learns "
+                        "from the teacher: pass --teacher (msd_fcn's best_model.pth)")
+    if calibration is not None and split != "all":
+        raise UserError("--calibration-from is for --split all; the other splits fit the "
+                        "calibration on their validation clips")
     dev = pick_device(device)
     found: Found = find_clips(data_dir)
     if not found.clips:
@@ -365,6 +467,9 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
         track_cache = teacher_cache(teacher, cache, track=True)
         tags = {c.path: track_cache.get(c.path)[0] for c in clips}
         teacher_state = teacher.state_dict()
+    views, extra = None, []
+    if unlabelled:
+        views, extra = view_bank(clips, unlabelled, teacher, cache, fs, ts, reporter)
     splits = make_splits(clips, split, folds, ts.seed)
     genres_seen = sorted({c.genre for c in clips})
     if len(genres_seen) < 2:
@@ -392,8 +497,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
                             "delete it or run without --resume")
         done_runs, saved, final_state = payload["done_runs"], payload["current"], payload["final"]
         if payload.get("final_calibration"):
-            final_ms = dataclasses.replace(ms, temperature=payload["final_calibration"][0],
-                                           uncertain_below=payload["final_calibration"][1])
+            final_ms = dataclasses.replace(ms, **payload["final_calibration"])
     elif resume:
         reporter.note(f"Nothing to resume at {state_file}; starting afresh.")
 
@@ -407,11 +511,12 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
                                 "current": current, "final": None}, state_file)
 
         reporter.run_start(i, len(splits), s, ts.epochs, saved["epoch"] if saved else 0)
+        examples = distillation_examples(s, views, extra, tags, ts) if views else None
         net, state = train_run(s, mels, fs, ms, ts, dev, i, reporter, saved, save_state,
-                               tags, teacher_state)
+                               tags, teacher_state, examples)
         saved = None
         part = "test" if s.test else "valid" if s.valid else None
-        net.settings = calibrated(net, s, mels, tags, fs, temperature, uncertain_below)
+        net.settings = calibrated(net, s, mels, tags, fs, calibration, uncertain_below)
         result = {"split": s.name, "parts": s.counts(), "evaluated_on": part,
                   "train_genres": genre_counts(s.train), "best_epoch": state.best["epoch"],
                   "epochs_run": state.epoch, "seconds_per_epoch": state.seconds / max(state.epoch, 1),
@@ -434,7 +539,8 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
             result["calibration"] = calibration_figures(net, s, part, mels, tags, fs)
         _atomic_torch_save({"format": STATE_FORMAT, "key": key, "done_runs": done_runs,
                             "current": None, "final": final_state,
-                            "final_calibration": [final_ms.temperature, final_ms.uncertain_below]},
+                            "final_calibration": {k: getattr(final_ms, k) for k in
+                                                  ("temperature", "uncertain_below", "cnn_weight")}},
                            state_file)
 
     report = _report(data_dir, found, failed, splits, split, done_runs, ts, fs, ms, dev,
@@ -500,9 +606,10 @@ def _report(data_dir, found, failed, splits, split_kind, runs, ts, fs, ms, dev, 
                 "teacher_reference_macro_f1": spread([r["teacher_reference"]["macro_f1"] for r in runs]),
                 "teacher_agreement": spread([r["teacher_agreement"] for r in runs])}
                if all("teacher_agreement" in r for r in runs) else {}),
-            "calibration": {"temperature": spread([r["calibration"]["temperature"] for r in runs]),
-                            "ece_before": spread([r["calibration"]["before"]["ece"] for r in runs]),
-                            "ece_after": spread([r["calibration"]["after"]["ece"] for r in runs])},
+            "calibration": {k: spread([r["calibration"][k] for r in runs]) for k in
+                            ("temperature", "cnn_weight", "accuracy_before", "accuracy_after")}
+                           | {f"ece_{k}": spread([r["calibration"][k]["ece"] for r in runs])
+                              for k in ("before", "after")},
         }
     return report
 

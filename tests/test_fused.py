@@ -49,6 +49,7 @@ def test_the_checkpoint_carries_the_frozen_teacher_and_the_calibration(fused):
     assert not torch.equal(ckpt.state_dict["tag_std"], torch.ones(50))   # fitted on train clips
     run_ = fused["report"]["runs"][0]
     assert ckpt.model.temperature == run_["calibration"]["temperature"]
+    assert ckpt.model.cnn_weight == run_["calibration"]["cnn_weight"]
     assert ckpt.model.uncertain_below == 0.5
     assert ckpt.metrics["calibration"]["ece_after"] == run_["calibration"]["after"]["ece"]
 

@@ -65,16 +65,20 @@ def curves_png(histories: Sequence[Sequence[dict]], labels: Sequence[str], path:
 
 
 def reliability_png(calibration: dict, title: str, path: Path) -> None:
-    """Accuracy against confidence per bin of the top probability, before and after the
-    temperature (calibrate.calibration_report); the diagonal is perfect calibration."""
+    """Accuracy against confidence per bin of the top probability (dot area: tracks in the
+    bin), before and after the calibration (calibrate.calibration_report); the diagonal is
+    perfect calibration."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=110)
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
-    for key, label, colour in (("before", "T = 1", "tab:red"),
-                               ("after", f"T = {calibration['temperature']:.2f}", "tab:blue")):
+    weight = calibration.get("cnn_weight", 1.0)
+    fitted = f"T = {calibration['temperature']:.2f}" + (f", CNN weight {weight:g}" if weight != 1 else "")
+    for key, label, colour in (("before", "T = 1", "tab:red"), ("after", fitted, "tab:blue")):
         rows = [b for b in calibration[key]["bins"] if b["tracks"]]
-        ax.plot([b["confidence"] for b in rows], [b["accuracy"] for b in rows], marker="o",
-                color=colour, label=f"{label}: ECE {calibration[key]['ece']:.3f}")
+        ax.plot([b["confidence"] for b in rows], [b["accuracy"] for b in rows], color=colour,
+                label=f"{label}: ECE {calibration[key]['ece']:.3f}")
+        ax.scatter([b["confidence"] for b in rows], [b["accuracy"] for b in rows], color=colour,
+                   s=[12 + 6 * b["tracks"] for b in rows], zorder=3)     # area: tracks in bin
     ax.set(xlabel="top probability (mean in bin)", ylabel="accuracy in bin", xlim=(0, 1),
            ylim=(0, 1.02))
     ax.set_title(title, fontsize=9)

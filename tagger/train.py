@@ -634,4 +634,4 @@ def _figures(report: dict, paths: dict[str, Path]) -> None:
     if len(runs) == 1 and "calibration" in runs[0]:
         c = runs[0]["calibration"]
         reliability_png(c, f"{runs[0]['split']}: {c['tracks']} {c['measured_on']} clips "
-                        f"(T fitted on {c['fitted_on']})", paths["reliability.png"])
+                        f"(calibration fitted on {c['fitted_on']})", paths["reliability.png"])

@@ -304,6 +304,24 @@ def test_split_all_trains_on_every_clip_for_exactly_the_epochs_given(tiny, tmp_p
     assert result.exit_code == 1 and "nothing is held out" in result.output
 
 
+def test_split_all_takes_its_calibration_from_a_measuring_runs_report(trained, tiny, tmp_path):
+    _, report = trained
+    measured = trained[0].with_name("tiny.report.json")
+    out = tmp_path / "all.pt"
+    result = CliRunner().invoke(app, ["train", str(tiny), "--out", str(out), "--epochs", "1",
+                                      "--split", "all", "--calibration-from", str(measured),
+                                      "--uncertain-below", "0.4"])
+    assert result.exit_code == 0, result.output
+    ms = load(out).model
+    assert (ms.temperature, ms.uncertain_below) == (report["runs"][0]["calibration"]["temperature"], 0.4)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"runs": []}')
+    for args, message in ((["--split", "all", "--calibration-from", str(bad)], "not the .report.json"),
+                          (["--calibration-from", str(measured)], "is for --split all")):
+        result = CliRunner().invoke(app, ["train", str(tiny), "--out", str(tmp_path / "x.pt"), *args])
+        assert result.exit_code == 1 and message in result.output, result.output
+
+
 class StopAfter(Reporter):
     def __init__(self, epochs: int):
         self.left = epochs

@@ -333,8 +333,7 @@ def view_bank(clips: Sequence[Clip], folders: Sequence[Path], teacher, cache: Fe
     return views, kept
 
 
-def distillation_examples(split: Split, views: dict, extra: Sequence[str], tags: dict | None,
-                          ts: TrainSettings) -> Examples:
+def distillation_examples(split: Split, views: dict, extra: Sequence[str], ts: TrainSettings) -> Examples:
     """Every view of the split's training clips (labelled) and of the unlabelled files, with
     the teacher's tags and its soft genre targets through the genre map fitted on the
     training clips' clean views alone."""
@@ -404,9 +403,9 @@ def resume_path(out: Path) -> Path:
 
 
 def _job_key(clips: Sequence[Clip], split_desc: str, ts: TrainSettings, fs: FeatureSettings,
-             ms: ModelSettings) -> str:
+             ms: ModelSettings, more: Sequence = ()) -> str:
     text = json.dumps([[c.name for c in clips], split_desc, dataclasses.asdict(ts),
-                       dataclasses.asdict(fs), dataclasses.asdict(ms)], sort_keys=True)
+                       dataclasses.asdict(fs), dataclasses.asdict(ms), list(more)], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -481,7 +480,8 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
                 raise UserError(f"split {s.name}: only {len(s.parts[part])} {part} clips; "
                                 "a run needs at least two (try --split random, or more data)")
 
-    key = _job_key(clips, splits[0].name, ts, fs, ms)
+    key = _job_key(clips, splits[0].name, ts, fs, ms,
+                   [getattr(teacher, "sha256", None), *sorted(extra)])
     state_file = resume_path(out)
     done_runs: list[dict] = []
     saved, final_state, final_ms = None, None, ms
@@ -511,7 +511,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
                                 "current": current, "final": None}, state_file)
 
         reporter.run_start(i, len(splits), s, ts.epochs, saved["epoch"] if saved else 0)
-        examples = distillation_examples(s, views, extra, tags, ts) if views else None
+        examples = distillation_examples(s, views, extra, ts) if views else None
         net, state = train_run(s, mels, fs, ms, ts, dev, i, reporter, saved, save_state,
                                tags, teacher_state, examples)
         saved = None

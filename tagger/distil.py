@@ -3,7 +3,8 @@ teacher's 50 tags for exactly that audio ("patient and consistent" distillation,
 al. 2022: the teacher sees what the student sees).
 
 A view is the clip's decoded excerpt windows, sped up or slowed down (pitch and tempo
-together, by resampling: factor 0.88 to 1.12) and scaled in gain; view 0 is the clean audio.
+together, by resampling: one of four factors from 0.91 to 1.11) and scaled in gain; view 0
+is the clean audio.
 Each view keeps the student's log-mel windows and the teacher's track tags of the joined
 windows (teacher.track_tags, as the fused model and scan compute them). The bank is cached
 per file like the log-mels, keyed by the file's content, the teacher's SHA-256, the window
@@ -30,7 +31,11 @@ from tagger.dataset import ArrayCache, content_key
 from tagger.decode import decode_excerpts
 from tagger.features import FeatureSettings, LogMel, log_mels
 
-SPEED = (0.88, 1.12)        # resampling factors: pitch and tempo move together
+# Speed factors, as rates to resample to: the sample rate * N/21 (22,050 Hz: 1,050 Hz * N).
+# Rates sharing a large divisor with the source keep resampling cheap (22,050 -> 23,152 Hz,
+# which share 2, cost 4.6 s per 10 s window; 22,050 -> 23,100 Hz 0.01 s); 21/N gives
+# speeds 1.11, 1.05, 0.95 and 0.91.
+SPEED_STEPS = (19, 20, 22, 23)
 GAIN_DB = 6.0
 
 
@@ -48,9 +53,9 @@ def view_audio(windows: Sequence[np.ndarray], index: int, seed: int, sample_rate
     if index == 0:
         return waves
     gen = torch.Generator().manual_seed(seed * 1000 + index)
-    speed = SPEED[0] + (SPEED[1] - SPEED[0]) * float(torch.rand(1, generator=gen))
+    step = SPEED_STEPS[int(torch.randint(0, len(SPEED_STEPS), (1,), generator=gen))]
     gain = 10 ** ((float(torch.rand(1, generator=gen)) * 2 - 1) * GAIN_DB / 20)
-    new_rate = int(round(sample_rate / speed))      # played at sample_rate: `speed` times faster
+    new_rate = sample_rate * step // 21     # played at sample_rate: 21/step times faster
     out = []
     for w in waves:
         shifted = torchaudio.functional.resample(w, sample_rate, new_rate) * gain
@@ -64,8 +69,8 @@ class ViewBank(ArrayCache):
     def __init__(self, cache_dir: Path, teacher: fcn.Teacher, settings: FeatureSettings, n_views: int):
         if not teacher.sha256:
             raise ValueError("the teacher has no .sha256: load it with teacher.load_teacher")
-        text = json.dumps({**dataclasses.asdict(settings), "views": n_views, "speed": SPEED,
-                           "gain_db": GAIN_DB}, sort_keys=True)
+        text = json.dumps({**dataclasses.asdict(settings), "views": n_views,
+                           "speed_steps": SPEED_STEPS, "gain_db": GAIN_DB}, sort_keys=True)
         super().__init__(Path(cache_dir) / f"views-{teacher.sha256[:12]}-"
                          f"{hashlib.sha256(text.encode()).hexdigest()[:12]}")
         self.teacher, self.settings, self.n_views = teacher, settings, n_views

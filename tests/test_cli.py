@@ -150,6 +150,23 @@ def test_the_shipped_model_is_used_without_model(library, tmp_path):
     assert shown[0]["model_id"] == file_model_id(shipped)
 
 
+def test_model_fast_names_the_second_shipped_model_unless_a_file_is_called_so(tmp_path, monkeypatch):
+    from tagger.checkpoint import load
+    from tagger.modelfile import default_model_path, resolve_model
+    from tagger.teacher import CHANNELS
+    models = Path(__file__).parents[1] / "models"
+    path, model_id = resolve_model(Path("fast"))
+    assert path == default_model_path("fast") and path.read_bytes() == (models / "fast.pt").read_bytes()
+    assert f"`{model_id}`" in (models / "MODEL_CARD.md").read_text()
+    fast, default = load(path).model, load(default_model_path()).model
+    assert fast.teacher_channels == () and default.teacher_channels == CHANNELS
+    for ms in (fast, default):                  # both calibrated, both can say "uncertain"
+        assert ms.temperature != 1.0 and ms.uncertain_below == 0.5
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast").write_bytes(b"mine")
+    assert resolve_model(Path("fast"))[0] == Path("fast")
+
+
 def test_a_lost_default_model_is_a_clear_error(library, tmp_path, monkeypatch):
     monkeypatch.setattr("tagger.modelfile.default_model_path", lambda name="default": None)
     result = run("scan", library, "--db", tmp_path / "i.db", ok=1)

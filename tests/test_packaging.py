@@ -1,4 +1,5 @@
-"""The wheel a user installs carries the default model and the split lists."""
+"""The wheel a user installs carries the shipped models, the licence of the pretrained
+weights inside the default one, and the split lists."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ ROOT = Path(__file__).parents[1]
 
 
 @pytest.mark.slow
-def test_the_wheel_carries_the_default_model_and_the_split_lists(tmp_path):
+def test_the_wheel_carries_the_shipped_models_their_licence_and_the_split_lists(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path),
                     str(ROOT)], check=True, capture_output=True)
     wheel, = tmp_path.glob("tagger-*.whl")
     with zipfile.ZipFile(wheel) as z:
-        assert z.read("tagger/data/default.pt") == (ROOT / "models" / "default.pt").read_bytes()
+        for name in ("default.pt", "fast.pt", "LICENSE-msd_fcn.txt"):
+            assert z.read(f"tagger/data/{name}") == (ROOT / "models" / name).read_bytes()
         for part in ("train", "valid", "test"):
             assert z.read(f"tagger/data/splits/{part}_filtered.txt").count(b"\n") > 100

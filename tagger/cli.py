@@ -436,7 +436,10 @@ def read_calibration(report: Optional[Path]) -> tuple[float, float] | None:
     import json
     try:
         c = json.loads(report.read_text())["runs"][0]["calibration"]
-        return float(c["temperature"]), float(c["cnn_weight"])
+        temperature, weight = float(c["temperature"]), float(c["cnn_weight"])
+        if not (0.05 <= temperature <= 20 and 0 <= weight <= 1):
+            raise ValueError("out of range")
+        return temperature, weight
     except OSError as exc:
         raise UserError(f"{report}: cannot read the report ({exc.strerror})") from None
     except (ValueError, KeyError, IndexError, TypeError):

@@ -316,7 +316,10 @@ def test_split_all_takes_its_calibration_from_a_measuring_runs_report(trained, t
     assert (ms.temperature, ms.uncertain_below) == (report["runs"][0]["calibration"]["temperature"], 0.4)
     bad = tmp_path / "bad.json"
     bad.write_text('{"runs": []}')
+    worse = tmp_path / "worse.json"
+    worse.write_text('{"runs": [{"calibration": {"temperature": -1, "cnn_weight": 1}}]}')
     for args, message in ((["--split", "all", "--calibration-from", str(bad)], "not the .report.json"),
+                          (["--split", "all", "--calibration-from", str(worse)], "not the .report.json"),
                           (["--calibration-from", str(measured)], "is for --split all")):
         result = CliRunner().invoke(app, ["train", str(tiny), "--out", str(tmp_path / "x.pt"), *args])
         assert result.exit_code == 1 and message in result.output, result.output

@@ -4,6 +4,7 @@ and a snapshot of everything mutagen (and the demuxer) reads from a file, for co
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import av
@@ -117,6 +118,14 @@ def make_fixtures(folder: Path) -> dict[str, Path]:
     tags.tags.update_to_v23()
     tags.save(v2_version=3)
     return made
+
+
+def copied(files: dict[str, Path], folder: Path) -> Path:
+    """A new `folder` holding a copy of every file, by its name in `files`."""
+    folder.mkdir()
+    for name, path in files.items():
+        shutil.copyfile(path, folder / name)
+    return folder
 
 
 def payload(path: Path) -> str:

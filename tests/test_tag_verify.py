@@ -5,13 +5,12 @@ last chunk lacks its pad byte gets a tag that reads back. Fixtures: tests/tagfix
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import mutagen
 import pytest
 
-from tagfixtures import (HOSTILE_V22, HOSTILE_V23, genres_of, id3_tag, make_hostile, odd_wav,
+from tagfixtures import (HOSTILE_V22, HOSTILE_V23, copied, genres_of, id3_tag, make_hostile, odd_wav,
                          payload, raw_frames, wav_chunks)
 from tagger import tags
 from tagger.index import Index
@@ -28,11 +27,7 @@ def hostile(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def copies(hostile, tmp_path) -> Path:
-    folder = tmp_path / "Music"
-    folder.mkdir()
-    for name, path in hostile.items():
-        shutil.copyfile(path, folder / name)
-    return folder
+    return copied(hostile, tmp_path / "Music")
 
 
 def tag_bytes(path: Path) -> bytes:

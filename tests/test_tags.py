@@ -17,7 +17,7 @@ import mutagen
 import pytest
 
 from conftest import run, write_track
-from tagfixtures import genres_of, make_fixtures, payload, snapshot
+from tagfixtures import copied, genres_of, make_fixtures, payload, snapshot
 from tagger import tags
 from tagger.crawl import crawl
 from tagger.genres import GENRES
@@ -38,11 +38,7 @@ def originals(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def lib(originals, tmp_path) -> Path:
     """A fresh copy of every fixture."""
-    folder = tmp_path / "Music"
-    folder.mkdir()
-    for name, path in originals.items():
-        shutil.copyfile(path, folder / name)
-    return folder
+    return copied(originals, tmp_path / "Music")
 
 
 def index_as_scanned(db: Path, files, probs=PROBS) -> None:

@@ -30,6 +30,7 @@ from tagger import teacher as fcn
 from tagger.dataset import ArrayCache, content_key
 from tagger.decode import decode_excerpts
 from tagger.features import FeatureSettings, LogMel, log_mels
+from tagger.teacher_genres import fit_genre_map
 
 # Speed factors, as rates to resample to: the sample rate * N/21 (22,050 Hz: 1,050 Hz * N).
 # Rates sharing a large divisor with the source keep resampling cheap (22,050 -> 23,152 Hz,
@@ -102,14 +103,7 @@ def genre_map(train_tags: np.ndarray, train_labels: np.ndarray, n_classes: int, 
     """The teacher+LR map fitted on the labelled training clips' clean tags: a function from
     (n, n_tags) tags to (n, n_classes) log-probabilities (classes absent from training get
     a very low one)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from tagger.teacher_genres import C
-    model = make_pipeline(StandardScaler(), LogisticRegression(
-        C=C, max_iter=5000, class_weight="balanced", random_state=seed))
-    model.fit(train_tags, train_labels)
+    model = fit_genre_map(train_tags, train_labels, seed)
 
     def log_probs(tags: np.ndarray) -> torch.Tensor:
         out = np.full((len(tags), n_classes), -30.0)

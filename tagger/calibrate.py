@@ -71,13 +71,20 @@ def certainty_split(probs: np.ndarray, y: np.ndarray, threshold: float) -> dict:
             "accuracy_uncertain": float(right[~sure].mean()) if (~sure).any() else None}
 
 
+def probabilities(cnn: torch.Tensor, tag: torch.Tensor, owner: torch.Tensor, n_tracks: int,
+                  temperature: float, cnn_weight: float = 1.0) -> torch.Tensor:
+    """Tracks' probabilities from the branches' window logits, as the model computes them
+    (GenreCRNN.forward, then classify.pool_windows); `tag` is zeros unless fused."""
+    return pool_windows(cnn_weight * cnn + tag, owner, n_tracks, temperature)
+
+
 def calibration_report(cnn: torch.Tensor, tag: torch.Tensor, owner: torch.Tensor, y: np.ndarray,
                        temperature: float, threshold: float, cnn_weight: float = 1.0) -> dict:
     """Before (T = 1, the branches' plain sum) and after (the fitted T and weight) on the
     same tracks; `tag` is zeros for a model that is not fused."""
     raw, fitted = cnn + tag, cnn_weight * cnn + tag
-    before = pool_windows(raw, owner, len(y), 1.0).numpy()
-    after = pool_windows(fitted, owner, len(y), temperature).numpy()
+    before = probabilities(cnn, tag, owner, len(y), 1.0).numpy()
+    after = probabilities(cnn, tag, owner, len(y), temperature, cnn_weight).numpy()
     return {"temperature": temperature, "cnn_weight": cnn_weight, "tracks": len(y),
             "accuracy_before": float((before.argmax(1) == y).mean()),
             "accuracy_after": float((after.argmax(1) == y).mean()),

@@ -47,7 +47,8 @@ from tagger.features import FeatureSettings
 from tagger.genres import GENRES
 from tagger.metrics import spread, summarise
 from tagger.model import GenreCRNN, ModelSettings
-from tagger.calibrate import UNCERTAIN_BELOW, calibration_report, fit_fusion, fit_temperature
+from tagger.calibrate import (UNCERTAIN_BELOW, calibration_report, fit_fusion, fit_temperature,
+                              probabilities)
 from tagger.recipe import TrainSettings, default_cache_dir
 
 STATE_FORMAT = "tagger-train-state"
@@ -354,20 +355,23 @@ def distillation_examples(split: Split, views: dict, extra: Sequence[str], ts: T
 
 # --- calibration ---------------------------------------------------------------------------
 
-def clip_tags(tags: dict[str, torch.Tensor] | None, clips: Sequence[Clip]) -> list[torch.Tensor] | None:
-    return None if tags is None else [tags[c.path] for c in clips]
+def branch_logits(net: GenreCRNN, clips: Sequence[Clip], mels: dict, tags: dict | None,
+                  fs: FeatureSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The clips' window logits of each branch and their owners (evaluate.predict's
+    logits=True): what calibration fits and what the report's probabilities come from."""
+    return predict(net, [mels[c.path] for c in clips], fs, torch.device("cpu"),
+                   None if tags is None else [tags[c.path] for c in clips], logits=True)
 
 
-def calibrated(net: GenreCRNN, split: Split, mels: dict, tags: dict | None, fs: FeatureSettings,
+def calibrated(net: GenreCRNN, valid: Sequence[Clip], logits: tuple | None,
                calibration: tuple[float, float] | None, uncertain_below: float) -> ModelSettings:
     """The net's settings with its temperature, and for a fused model its CNN-RNN branch's
-    weight, fitted on split.valid when there is one (else `calibration`: (temperature,
-    weight), or none), and the uncertain threshold."""
+    weight, fitted on the validation clips' `logits` when there are any (else
+    `calibration`: (temperature, weight), or none), and the uncertain threshold."""
     weight, temperature = 1.0, 1.0
-    if split.valid:
-        cnn, tag, owner = predict(net, [mels[c.path] for c in split.valid], fs,
-                                  torch.device("cpu"), clip_tags(tags, split.valid), logits=True)
-        y = labels(split.valid, GENRES)
+    if logits is not None:
+        cnn, tag, owner = logits
+        y = labels(valid, GENRES)
         if net.fused:
             weight, temperature = fit_fusion(cnn, tag, owner, y)
         else:
@@ -376,19 +380,6 @@ def calibrated(net: GenreCRNN, split: Split, mels: dict, tags: dict | None, fs: 
         temperature, weight = calibration
     return dataclasses.replace(net.settings, temperature=temperature, uncertain_below=uncertain_below,
                                cnn_weight=weight if net.fused else 1.0)
-
-
-def calibration_figures(net: GenreCRNN, split: Split, part: str, mels: dict, tags: dict | None,
-                        fs: FeatureSettings) -> dict:
-    """calibrate.calibration_report on the evaluated part (the test fold in cross-validation,
-    where it is honest; the validation part otherwise, which also fitted the temperature)."""
-    clips = split.parts[part]
-    cnn, tag, owner = predict(net, [mels[c.path] for c in clips], fs, torch.device("cpu"),
-                              clip_tags(tags, clips), logits=True)
-    ms = net.settings
-    return {"fitted_on": "valid", "measured_on": part,
-            **calibration_report(cnn, tag, owner, labels(clips, GENRES), ms.temperature,
-                                 ms.uncertain_below, ms.cnn_weight)}
 
 
 # --- the whole job ------------------------------------------------------------------------------
@@ -516,15 +507,18 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
                                tags, teacher_state, examples)
         saved = None
         part = "test" if s.test else "valid" if s.valid else None
-        net.settings = calibrated(net, s, mels, tags, fs, calibration, uncertain_below)
+        held = {p: branch_logits(net, s.parts[p], mels, tags, fs)    # each part once
+                for p in dict.fromkeys(("valid", part)) if p and s.parts[p]}
+        net.settings = ms_run = calibrated(net, s.valid, held.get("valid"), calibration,
+                                           uncertain_below)
         result = {"split": s.name, "parts": s.counts(), "evaluated_on": part,
                   "train_genres": genre_counts(s.train), "best_epoch": state.best["epoch"],
                   "epochs_run": state.epoch, "seconds_per_epoch": state.seconds / max(state.epoch, 1),
                   "history": state.history}
         if part:
             evaluated = s.parts[part]
-            probs = predict(net, [mels[c.path] for c in evaluated], fs, torch.device("cpu"),
-                            clip_tags(tags, evaluated))
+            probs = probabilities(*held[part], len(evaluated), ms_run.temperature,
+                                  ms_run.cnn_weight).numpy()
             model_metrics = score(probs, evaluated, genres)
             result |= {"evaluated_genres": genre_counts(evaluated), "model": model_metrics,
                        **compare(model_metrics, s.train, evaluated, mels, genres, ts.seed,
@@ -535,8 +529,11 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
         done_runs.append(result)
         reporter.run_end(result)
         final_state, final_ms = net.state_dict(), net.settings
-        if s.valid:
-            result["calibration"] = calibration_figures(net, s, part, mels, tags, fs)
+        if s.valid:     # measured on the evaluated part: honest in cross-validation (the
+            # test fold), on the very clips that fitted it otherwise (the validation part)
+            result["calibration"] = {"fitted_on": "valid", "measured_on": part, **calibration_report(
+                *held[part], labels(s.parts[part], GENRES), ms_run.temperature,
+                ms_run.uncertain_below, ms_run.cnn_weight)}
         _atomic_torch_save({"format": STATE_FORMAT, "key": key, "done_runs": done_runs,
                             "current": None, "final": final_state,
                             "final_calibration": {k: getattr(final_ms, k) for k in

@@ -39,7 +39,8 @@ import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from tagger.atomic import atomic_file  # noqa: E402
-from tagger.decode import AUDIO_EXTENSIONS, quiet_ffmpeg  # noqa: E402
+from tagger.basics import AUDIO_EXTENSIONS  # noqa: E402
+from tagger.decode import quiet_ffmpeg  # noqa: E402
 from tagger.recipe import default_cache_dir  # noqa: E402
 
 PACKAGE_LIST = Path(__file__).with_name("unlabelled_packages.txt")

@@ -11,11 +11,8 @@ import torch
 from tagger.checkpoint import FIX, Checkpoint
 from tagger.errors import CheckpointError, UserError
 from tagger.features import FeatureSettings, LogMel, cut_segments, log_mels
-from tagger.pool import available_cores
+from tagger.basics import DEVICES, available_cores
 from tagger.teacher import track_tags
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
 
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' takes CUDA, then Apple's MPS, then the CPU; asking for a missing one is an error."""

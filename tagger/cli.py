@@ -33,7 +33,7 @@ from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings, default
 from tagger.index import ENV_VAR as DB_ENV_VAR, Index, check_existing, default_db_path
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
 from tagger import output
-from tagger.pool import available_cores
+from tagger.basics import available_cores
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Genre probabilities for a local music library, from the audio itself.")

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from tagger.decode import AUDIO_EXTENSIONS
+from tagger.basics import AUDIO_EXTENSIONS
 
 SYSTEM_DIRS = frozenset({"@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information",
                          "lost+found", "__MACOSX"})

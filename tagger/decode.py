@@ -43,10 +43,6 @@ import numpy as np
 
 from tagger.errors import DecodeError
 
-AUDIO_EXTENSIONS: frozenset[str] = frozenset({
-    ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac",
-    ".wav", ".aif", ".aiff", ".aifc", ".au",
-})
 
 _MAX_BAD_PACKETS = 200  # consecutive undecodable packets before a window is given up
 _SEEK_MARGINS = (0.2, 1.0, 5.0)  # seconds to aim before a window; more if a seek lands late

@@ -29,14 +29,6 @@ from tagger.decode import Excerpts, decode_excerpts, quiet_ffmpeg
 from tagger.errors import DecodeError, TaggerError
 
 
-def available_cores() -> int:
-    """The cores this process may run on: the default number of workers."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:       # not on Linux
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class DecodeJob:
     path: str

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from tagger import decode, synth
-from tagger.decode import AUDIO_EXTENSIONS, Excerpts, decode_excerpts, excerpt_windows
+from tagger.basics import AUDIO_EXTENSIONS
+from tagger.decode import Excerpts, decode_excerpts, excerpt_windows
 from tagger.errors import DecodeError
 
 SR = 22050

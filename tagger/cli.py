@@ -7,13 +7,12 @@ errors exit 2 (Typer's own). torch is imported only by commands that run the mod
 from __future__ import annotations
 
 import codecs
-import errno
 import functools
 import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -26,14 +25,13 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
-from tagger import __version__
+from tagger import __version__, output
+from tagger.basics import DEVICES, available_cores
 from tagger.errors import DatabaseError, TaggerError, UserError
-from tagger.genres import GENRES, normalise_genre
+from tagger.genres import GENRES
 from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings, default_cache_dir
-from tagger.index import ENV_VAR as DB_ENV_VAR, Index, check_existing, default_db_path
+from tagger.index import ENV_VAR as DB_ENV_VAR, default_db_path, existing_index
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
-from tagger import output
-from tagger.basics import available_cores
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Genre probabilities for a local music library, from the audio itself.")
@@ -41,11 +39,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
+Device = Enum("Device", {name: name for name in DEVICES}, type=str)
 
 
 class ListFormat(str, Enum):
@@ -93,19 +87,6 @@ def _db_from_env(exc: TaggerError) -> str:
     return ""
 
 
-def load_classifier(model: Path, device: Device):
-    from tagger.checkpoint import load
-    from tagger.classify import Classifier
-    return Classifier(load(model), device.value)
-
-
-def existing_index(db: Path, read_only: bool = False) -> Index:
-    """The index at db, for the commands that work from what a scan stored there; read_only
-    for those that only read it (they work on a read-only disk too)."""
-    check_existing(db)
-    return Index(db, read_only=read_only)
-
-
 class StopRequest:
     """The first Ctrl-C (or SIGTERM) asks the scan to stop decoding and store what it has
     decoded; a second Ctrl-C stops at once (the open transaction is rolled back)."""
@@ -131,18 +112,6 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, handler in self._old.items():
             signal.signal(s, handler)
-
-
-def must_exist(paths: list[Path], missing: str) -> None:
-    for p in paths:
-        try:
-            p.stat()
-        except OSError as e:
-            if e.errno == errno.ENAMETOOLONG:
-                raise UserError(f"{p}: name or path too long for the system") from None
-            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                raise UserError(f"{p}: {missing}") from None
-            raise UserError(f"{p}: cannot read it ({e.strerror})") from None
 
 
 class SpeedColumn(ProgressColumn):
@@ -171,30 +140,34 @@ def scan(
 
     Example: [bold]tagger scan ~/Music --exclude '*/Podcasts/*'[/bold]
     """
-    must_exist(paths, "no such file or folder")
-    model_path, model_id = resolve_model(model)
+    from tagger import api
+    progress = Progress(SpinnerColumn(), TextColumn("Scanning"), BarColumn(), MofNCompleteColumn(),
+                        SpeedColumn(), TimeRemainingColumn(), console=err,
+                        disable=not err.is_terminal)
+    task = progress.add_task("scan", start=False)
     started = time.monotonic()
-    with Index(db) as index, index.writer_lock():
-        from tagger.scan import ScanStats, plan, run_scan
-        with err.status("Looking for new and changed files...") if err.is_terminal else nullcontext():
-            todo, unchanged = plan(index, [str(p) for p in paths], model_id, exclude, force)
-        stats = ScanStats(unchanged=unchanged)
-        if todo:
-            classifier = load_classifier(model_path, device)
-            progress = Progress(SpinnerColumn(), TextColumn("Scanning"), BarColumn(),
-                                MofNCompleteColumn(), SpeedColumn(), TimeRemainingColumn(),
-                                console=err, disable=not err.is_terminal)
-            task = progress.add_task("scan", total=len(todo))
+    with ExitStack() as stack:
+        if err.is_terminal:
+            stack.enter_context(err.status("Looking for new and changed files..."))
+        stop = StopRequest()
 
-            def on_result(result) -> None:
-                if result.status in ("failed", "error"):
-                    progress.console.print(f"{output.display(result.path)}: {result.error}",
-                                           highlight=False, markup=False)
-                progress.advance(task)
+        def on_start(total: int) -> None:
+            stack.close()                   # the "Looking..." line
+            if total:
+                progress.update(task, total=total)
+                progress.start_task(task)
+                stack.enter_context(progress)
+                stack.enter_context(stop)
 
-            with progress, StopRequest() as stop:
-                run_scan(todo, classifier, index, workers=workers, batch_size=batch_size,
-                         on_result=on_result, should_stop=stop, stats=stats)
+        def on_result(result) -> None:
+            if result.status in ("failed", "error"):
+                progress.console.print(f"{output.display(result.path)}: {result.error}",
+                                       highlight=False, markup=False)
+            progress.advance(task)
+
+        stats = api.scan(paths, db, model, exclude=exclude, force=force, workers=workers,
+                         batch_size=batch_size, device=device.value, on_start=on_start,
+                         on_result=on_result, should_stop=stop)
     print_summary(stats, time.monotonic() - started, db)
     if stats.interrupted:
         again = "the same command without --force" if force else "the same command"
@@ -250,19 +223,8 @@ def query(
 
     Example: [bold]tagger query --genre jazz --min-confidence 0.6 --format m3u > jazz.m3u[/bold]
     """
-    key = None
-    if genre is not None:
-        key = normalise_genre(genre)
-        if key is None:
-            raise UserError(f"unknown genre {genre!r}; choose one of {', '.join(GENRES)}")
-    if min_confidence is not None and key is None:
-        raise UserError("--min-confidence needs --genre")
-    if uncertain and failed:
-        raise UserError("--uncertain and --failed exclude each other (a failed track has no "
-                        "genre); pass one of them")
     with existing_index(db, read_only=True) as index:
-        rows = index.tracks(genre=key, min_confidence=min_confidence, failed=failed, limit=limit,
-                            uncertain=uncertain)
+        rows = index.query(genre, min_confidence, failed=failed, uncertain=uncertain, limit=limit)
         if fmt is ListFormat.json:
             output.write_json(rows)
         elif fmt is ListFormat.csv:
@@ -551,56 +513,51 @@ def show(
 
     Example: [bold]tagger show song.flac other.mp3[/bold]
     """
-    must_exist(files, "no such file")
-    model_path, _ = resolve_model(model)
-    classifier = load_classifier(model_path, device)
-    from tagger.crawl import Candidate
-    from tagger.scan import classify_files
-
-    paths = [os.path.abspath(f) for f in files]
-    results, shown, rows = {}, 0, []      # printed in the order given, as they come
-    for batch in classify_files([Candidate(p, 0, 0) for p in paths], classifier,
-                                workers=available_cores(), batch_size=1):
-        results.update((r.path, r.as_row(classifier.uncertain_below)) for r in batch)
-        while shown < len(paths) and paths[shown] in results:
-            if fmt is ShowFormat.json:
-                rows.append(results[paths[shown]])
-            else:
-                output.bar_chart(out, results[paths[shown]])
-            shown += 1
+    from tagger import api
+    api.check_paths(files, "no such file")
+    model = api.load_model(model, device.value)
+    rows = []
+    for prediction in model.classify_files(files, batch_size=1):     # printed as they come
+        if fmt is ShowFormat.json:
+            rows.append(prediction.as_row())
+        else:
+            output.bar_chart(out, prediction.as_row())
     if fmt is ShowFormat.json:
         output.write_json(rows)
-
-
-def tag_progress(label: str, total: int) -> tuple[Progress, object]:
-    progress = Progress(SpinnerColumn(), TextColumn(label), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=err, disable=not err.is_terminal)
-    return progress, progress.add_task(label, total=total)
 
 
 class TagStopRequest(StopRequest):
     message = "Stopping after the file being written... (Ctrl-C again to stop now)"
 
 
-def run_tag_command(label: str, paths: list[str], items, do_one, dry_run: bool):
-    """The loop shared by write-tags and restore-tags: leftovers of killed runs cleaned,
-    a progress bar, "path: reason" for each skipped file, "path: old -> new" in a dry run."""
-    from tagger import writetags
-    if not dry_run and (removed := writetags.clean_folders(paths)):
-        err.print(f"Removed {removed} temporary file(s) left by an interrupted write.")
-    progress, task = tag_progress(label, len(paths))
+def run_tag_command(label: str, show_changes: bool, function, *args, **kwargs):
+    """write_tags or restore_tags with a progress bar, "path: reason" for each skipped file
+    and "path: old -> new" for each change of a dry run."""
+    from tagger.writetags import NOT_CLASSIFIED
+    progress = Progress(SpinnerColumn(), TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=err, disable=not err.is_terminal)
+    task = progress.add_task(label, start=False)
+
+    def on_start(total: int) -> None:
+        progress.update(task, total=total)
+        progress.start_task(task)
 
     def on_outcome(o) -> None:
-        if o.action == "skipped" and o.reason != writetags.NOT_CLASSIFIED:
+        if o.action == "skipped" and o.reason != NOT_CLASSIFIED:
             progress.console.print(f"{output.display(o.path)}: {o.reason}", highlight=False,
                                    markup=False)
-        elif dry_run and o.action == "written":
+        elif show_changes and o.action == "written":
             out.print(f"{output.display(o.path)}: {'; '.join(o.old) or '(none)'} -> "
                       f"{'; '.join(o.new) or '(none)'}", highlight=False, markup=False)
         progress.advance(task)
 
     with progress, TagStopRequest() as stop:
-        return writetags.run(items, do_one, on_outcome, stop)
+        stats = function(*args, on_start=on_start, on_outcome=on_outcome, should_stop=stop,
+                         **kwargs)
+    if stats.leftovers_removed:
+        err.print(f"Removed {stats.leftovers_removed} temporary file(s) left by an interrupted "
+                  "write.")
+    return stats
 
 
 def print_tag_summary(stats, lead: str, extra: str = "") -> None:
@@ -613,10 +570,6 @@ def print_tag_summary(stats, lead: str, extra: str = "") -> None:
         err.print("Interrupted: run the same command again to finish; every file is either "
                   "done or untouched.", highlight=False)
         raise typer.Exit(130)
-
-
-def open_index_for_tags(db: Path, paths: list[Path]) -> tuple[Index, list[str]]:
-    return existing_index(db), [os.path.abspath(p) for p in paths]
 
 
 TagPathsArgument = Annotated[Optional[list[Path]], typer.Argument(
@@ -662,21 +615,11 @@ def write_tags(
 
     Example: [bold]tagger write-tags ~/Music/Jazz --top-k 2 --min-confidence 0.3 --dry-run[/bold]
     """
-    from tagger.writetags import TagOptions, tag_one, tracks_to_tag, under, with_real
-    key = None
-    if genre is not None and (key := normalise_genre(genre)) is None:
-        raise UserError(f"unknown genre {genre!r}; choose one of {', '.join(GENRES)}")
+    from tagger.writetags import TagOptions, write_tags as write
     opts = TagOptions(top_k, min_confidence, not only_missing, probabilities,
                       None if id3v23 is None else (3 if id3v23 else 4), dry_run, include_uncertain)
-    index, roots = open_index_for_tags(db, paths or [])
-    with index, index.writer_lock():
-        todo = [row["path"] for row in tracks_to_tag(index, roots, key)]
-        for root in roots:
-            forms = with_real([root])       # the root as given and its real path
-            if not any(under(p, forms) for p in todo) and key is None:
-                raise UserError(f"{root}: no indexed tracks there; run `tagger scan` on it first")
-        stats = run_tag_command("Writing tags", todo, tracks_to_tag(index, roots, key),
-                                lambda row: tag_one(index, row, opts), dry_run)
+    stats = run_tag_command("Writing tags", dry_run, write, paths or [], db, genre=genre,
+                            options=opts)
     print_tag_summary(stats, "Would write genres to" if dry_run else "Wrote genres to",
                       f", {stats.below} below {min_confidence:.0%} confidence"
                       + (f", {stats.uncertain} uncertain, not written" if stats.uncertain else ""))
@@ -695,12 +638,8 @@ def restore_tags(
 
     Example: [bold]tagger restore-tags ~/Music/Jazz[/bold]
     """
-    from tagger.writetags import backups_to_restore, restore_one
-    index, roots = open_index_for_tags(db, paths or [])
-    with index, index.writer_lock():
-        todo = backups_to_restore(index, roots)
-        stats = run_tag_command("Restoring tags", [p for p, _ in todo], todo,
-                                lambda item: restore_one(index, *item, dry_run=dry_run), dry_run)
+    from tagger.writetags import restore_tags as restore
+    stats = run_tag_command("Restoring tags", dry_run, restore, paths or [], db, dry_run=dry_run)
     print_tag_summary(stats, "Would restore" if dry_run else "Restored")
 
 

@@ -23,12 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 import sqlite_utils
 
 from tagger.errors import DatabaseError, UserError
-from tagger.genres import GENRES
+from tagger.genres import GENRES, genre_key
 
 SCHEMA_VERSION = 4
 ENV_VAR = "TAGGER_DB"
@@ -36,6 +37,11 @@ ENV_VAR = "TAGGER_DB"
 
 def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("tagger")) / "index.db"
+
+
+def db_path(db: str | os.PathLike | None = None) -> Path:
+    """The index file: db, else $TAGGER_DB, else the user's data folder's index.db."""
+    return Path(db if db is not None else os.environ.get(ENV_VAR) or default_db_path())
 
 
 def to_db_path(path: str) -> str | bytes:
@@ -52,6 +58,11 @@ def from_db_path(value: str | bytes) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
+# A track's state: classified, silent, undecodable (the file's content), or a transient
+# error (permissions, I/O, a crashed decoder) that the next scan retries.
+Status = Literal["ok", "silent", "failed", "error"]
+
+
 @dataclass
 class TrackResult:
     """What a scan learned about one file: probabilities, or why there are none."""
@@ -59,7 +70,7 @@ class TrackResult:
     size: int
     mtime_ns: int
     model_id: str
-    status: str          # "ok", "silent", "failed" (the file's content), "error" (transient)
+    status: Status
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     duration: float | None = None
@@ -188,6 +199,14 @@ def check_existing(path: Path) -> None:
         raise UserError(f"{path}: no index there yet; run `tagger scan FOLDER` first")
 
 
+def existing_index(db: str | os.PathLike | None = None, read_only: bool = False) -> Index:
+    """The index a scan made at db (see db_path), for the work done from what it stored;
+    read_only for readers (they work on a read-only disk too). No index there is an error."""
+    path = db_path(db)
+    check_existing(path)
+    return Index(path, read_only=read_only)
+
+
 def _check_single_name(path: Path) -> None:
     """A DatabaseError if the index file has other hard links: SQLite keeps the -wal journal
     beside the name it opened (and tagger its lock file), so writes through two names can
@@ -284,11 +303,13 @@ def _sqlite_errors(method):
 
 
 class Index:
-    """read_only: for the commands that only read (never migrates, never writes; works on a
-    read-only disk). Otherwise the index is created, migrated, and must be writable."""
+    """The SQLite index at `path` (see db_path; default $TAGGER_DB, else the user's data
+    folder). read_only: for readers (never migrates, never writes; works on a read-only
+    disk); otherwise the index is created, migrated, and must be writable. Use it as a
+    context manager, or close() it."""
 
-    def __init__(self, path: str | Path, read_only: bool = False):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False):
+        self.path = db_path(path)
         self.read_only = read_only
         check_location(self.path)
         if not read_only:
@@ -517,6 +538,23 @@ class Index:
                        "probabilities": probs[track_id], "model_id": model_id, "error": error,
                        "status": status, "size": size, "mtime_ns": mtime_ns,
                        "uncertain": status == "ok" and bool(below)}
+
+    def query(self, genre: str | None = None, min_confidence: float | None = None,
+              failed: bool = False, uncertain: bool = False,
+              limit: int | None = None) -> Iterator[dict]:
+        """tracks(), for what a user typed (as `tagger query` takes it): genre by any
+        spelling ('Hip-Hop', 'hip hop'); min_confidence needs a genre; failed and uncertain
+        exclude each other. Bad arguments raise UserError."""
+        key = genre_key(genre)
+        if min_confidence is not None and key is None:
+            raise UserError("--min-confidence needs --genre")
+        if min_confidence is not None and not 0 <= min_confidence <= 1:
+            raise UserError(f"--min-confidence {min_confidence} is not between 0 and 1")
+        if uncertain and failed:
+            raise UserError("--uncertain and --failed exclude each other (a failed track has no "
+                            "genre); pass one of them")
+        return self.tracks(genre=key, min_confidence=min_confidence, failed=failed, limit=limit,
+                           uncertain=uncertain)
 
     @_sqlite_errors
     def file_version(self, path: str) -> tuple[int, int] | None:

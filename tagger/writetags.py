@@ -1,6 +1,7 @@
 """write-tags and restore-tags over the index: which files, what to write, and the counts.
 
-No terminal I/O here: the CLI passes a callback for each file's outcome and a function that
+write_tags() and restore_tags() are the library's (and the commands') entry points. No
+terminal I/O here: the caller passes a callback for each file's outcome and a function that
 says when to stop. Each file is done whole or not at all (tagger.tags writes a copy and
 renames it); the undo record is in the index before a file is first changed.
 """
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from tagger import tags
-from tagger.errors import TagError
-from tagger.genres import DISPLAY_NAMES
-from tagger.index import Index
+from tagger.errors import TagError, UserError
+from tagger.genres import DISPLAY_NAMES, genre_key
+from tagger.index import Index, existing_index
 
 STALE = "changed since it was scanned (the prediction may not be its own); run `tagger scan` on it first"
 VANISHED = "no longer exists"
@@ -35,13 +37,16 @@ class TagOptions:
     include_uncertain: bool = False  # also write tracks whose top genre is below the threshold
 
 
+Action = Literal["written", "unchanged", "below", "uncertain", "skipped"]
+
+
 @dataclass
 class Outcome:
     """What happened to one file: "written" (or restored; in a dry run, would be),
     "unchanged", "below" (--min-confidence), "uncertain" (below the model's threshold), or
     "skipped" with a reason."""
     path: str
-    action: str
+    action: Action
     old: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     reason: str | None = None
@@ -49,18 +54,27 @@ class Outcome:
 
 @dataclass
 class TagStats:
+    """The counts of a write-tags or restore-tags run."""
     written: int = 0
     unchanged: int = 0
     below: int = 0
     uncertain: int = 0
     skipped: Counter = field(default_factory=Counter)     # short reason -> files
+    leftovers_removed: int = 0      # temporary files of killed runs, cleaned first
     interrupted: bool = False
 
     def count(self, outcome: Outcome) -> None:
-        if outcome.action == "skipped":
-            self.skipped[_short(outcome.reason)] += 1
-        else:
-            setattr(self, outcome.action, getattr(self, outcome.action) + 1)
+        match outcome.action:
+            case "written":
+                self.written += 1
+            case "unchanged":
+                self.unchanged += 1
+            case "below":
+                self.below += 1
+            case "uncertain":
+                self.uncertain += 1
+            case "skipped":
+                self.skipped[_short(outcome.reason)] += 1
 
 
 _SHORT = {STALE: "changed since the scan", VANISHED: "vanished", NOT_CLASSIFIED: NOT_CLASSIFIED,
@@ -216,9 +230,16 @@ def with_real(roots: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*roots, *map(os.path.realpath, roots)]))
 
 
-def tracks_to_tag(index: Index, roots: Sequence[str], genre: str | None) -> Iterator[dict]:
-    roots = with_real(roots)
-    return (row for row in index.tracks(genre=genre) if under(row["path"], roots))
+def tracks_to_tag(index: Index, roots: Sequence[str], genre: str | None) -> list[dict]:
+    """The index's rows under `roots` (all of them when none), of one top genre or any. A
+    root under which the index holds nothing is an error (no genre asked: it was never
+    scanned)."""
+    forms = {root: with_real([root]) for root in roots}     # a root as given and its real path
+    rows = [row for row in index.tracks(genre=genre) if under(row["path"], with_real(roots))]
+    for root, paths in forms.items():
+        if genre is None and not any(under(row["path"], paths) for row in rows):
+            raise UserError(f"{root}: no indexed tracks there; run `tagger scan` on it first")
+    return rows
 
 
 def backups_to_restore(index: Index, roots: Sequence[str]) -> list[tuple[str, dict]]:
@@ -234,15 +255,59 @@ def clean_folders(paths: Iterable[str]) -> int:
     return tags.remove_leftovers(sorted({os.path.dirname(os.path.realpath(p)) for p in paths}))
 
 
-def run(items: Iterable, do_one: Callable[..., Outcome], on_outcome: Callable[[Outcome], None],
-        should_stop: Callable[[], bool] = lambda: False) -> TagStats:
-    """do_one(item) for each item until should_stop(); a file's failure is its outcome."""
-    stats = TagStats()
+OnStart = Callable[[int], None]
+OnOutcome = Callable[[Outcome], None]
+ShouldStop = Callable[[], bool]
+
+
+def write_tags(paths: Sequence[str | os.PathLike] = (), db: str | os.PathLike | None = None, *,
+               genre: str | None = None, options: TagOptions | None = None,
+               on_start: OnStart | None = None, on_outcome: OnOutcome | None = None,
+               should_stop: ShouldStop | None = None) -> TagStats:
+    """Write the index's genres into the files under `paths` (the whole index when empty),
+    or only those whose top genre is `genre`, as `tagger write-tags` does: each file whole
+    or untouched, its old genre kept in the index for restore_tags. `db` is the index file
+    (default: $TAGGER_DB, else the user's data folder). on_start(n) gets the number of files
+    about to be tried; on_outcome(outcome) each file's Outcome; should_stop() is asked before
+    each file. A file that cannot be written is skipped with a reason; errors about the index
+    or the arguments raise TaggerError."""
+    opts = options or TagOptions()
+    key = genre_key(genre)
+    index, roots = existing_index(db), [os.path.abspath(p) for p in paths]
+    with index, index.writer_lock():
+        rows = tracks_to_tag(index, roots, key)
+        return _run(rows, lambda row: tag_one(index, row, opts), [r["path"] for r in rows],
+                    opts.dry_run, on_start, on_outcome, should_stop)
+
+
+def restore_tags(paths: Sequence[str | os.PathLike] = (), db: str | os.PathLike | None = None, *,
+                 dry_run: bool = False, on_start: OnStart | None = None,
+                 on_outcome: OnOutcome | None = None,
+                 should_stop: ShouldStop | None = None) -> TagStats:
+    """Put back the genre (and TAGGER_ fields) that files under `paths` (default: all) had
+    before write_tags first changed them, as `tagger restore-tags` does; the callbacks are
+    write_tags'."""
+    index, roots = existing_index(db), [os.path.abspath(p) for p in paths]
+    with index, index.writer_lock():
+        todo = backups_to_restore(index, roots)
+        return _run(todo, lambda item: restore_one(index, *item, dry_run=dry_run),
+                    [p for p, _ in todo], dry_run, on_start, on_outcome, should_stop)
+
+
+def _run(items: Sequence, do_one: Callable[..., Outcome], paths: list[str], dry_run: bool,
+         on_start: OnStart | None, on_outcome: OnOutcome | None,
+         should_stop: ShouldStop | None) -> TagStats:
+    """do_one(item) for each item until should_stop(); a file's failure is its outcome.
+    What killed runs left in the files' folders is removed first."""
+    stats = TagStats(leftovers_removed=0 if dry_run else clean_folders(paths))
+    if on_start:
+        on_start(len(items))
     for item in items:
-        if should_stop():
+        if should_stop and should_stop():
             stats.interrupted = True
             break
         outcome = do_one(item)
         stats.count(outcome)
-        on_outcome(outcome)
+        if on_outcome:
+            on_outcome(outcome)
     return stats

@@ -244,7 +244,7 @@ def test_a_read_only_index_stops_a_scan_before_decoding(read_only_file, library,
     def decoding(*args, **kwargs):
         raise AssertionError("decoding started")
 
-    monkeypatch.setattr("tagger.scan.run_scan", decoding)
+    monkeypatch.setattr("tagger.scanner.run_scan", decoding)
     os.utime(library / "a" / "one.mp3", ns=(1, 1))               # one file to classify again
     result = run("scan", library, "--db", read_only_file, "--model", model_path, "--workers", "0",
                  ok=None)

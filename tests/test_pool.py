@@ -102,7 +102,7 @@ def test_no_more_decoders_than_files(tmp_path, model_path):
     from tagger.checkpoint import load
     from tagger.classify import Classifier
     from tagger.crawl import crawl
-    from tagger.scan import classify_files
+    from tagger.scanner import classify_files
     write_track(tmp_path / "one.wav", seconds=1.0)
     batches = classify_files(list(crawl([tmp_path])), Classifier(load(model_path), "cpu"),
                              workers=8, batch_size=1)
@@ -121,7 +121,7 @@ def test_show_and_scan_share_the_decode_timeout(tmp_path, model_path):
     from tagger.checkpoint import load
     from tagger.classify import Classifier
     from tagger.crawl import Candidate
-    from tagger.scan import classify_files
+    from tagger.scanner import classify_files
     good = write_track(tmp_path / "good.wav", seconds=1.0)
     hang = write_track(tmp_path / "hang.wav", seconds=1.0)
     todo = [Candidate(str(hang), 0, 0), Candidate(str(good), 0, 0)]

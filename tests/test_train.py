@@ -28,7 +28,7 @@ from tagger.features import FeatureSettings, cut_segments, log_mel_segments
 from tagger.metrics import confusion_matrix, summarise
 from tagger.pool import decode_job
 from tagger.recipe import TrainSettings
-from tagger.scan import job_for
+from tagger.scanner import job_for
 from tagger.train import Reporter, resume_path, train
 
 PNG = b"\x89PNG\r\n\x1a\n"

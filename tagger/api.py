@@ -1,0 +1,170 @@
+"""The Python API: load a model and classify files, scan a library into the index. The CLI
+is a thin layer over these (and over Index, write_tags and restore_tags); `import tagger`
+gives them all without importing torch until a model is loaded.
+
+    import tagger
+    model = tagger.load_model()                     # the shipped default model
+    print(model.classify_file("song.flac").genre)
+    stats = tagger.scan([Path.home() / "Music"])    # what `tagger scan ~/Music` does
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tagger.basics import available_cores
+from tagger.errors import UserError
+from tagger.index import Index, Status, TrackResult
+from tagger.modelfile import resolve_model
+
+if TYPE_CHECKING:                   # torch is imported when a model is loaded, not before
+    from tagger.classify import Classifier
+    from tagger.scanner import ScanStats
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a model says about one file. status "ok": genre is the most probable one and
+    confidence its probability (uncertain when that is under the model's threshold);
+    otherwise ("silent", "failed", "error") error says why there are no probabilities."""
+    path: str
+    status: Status
+    genre: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)   # best first
+    uncertain: bool = False
+    duration: float | None = None   # seconds
+    error: str | None = None
+    model_id: str = ""
+
+    @classmethod
+    def of(cls, result: TrackResult, uncertain_below: float) -> Prediction:
+        row = result.as_row(uncertain_below)
+        return cls(result.path, result.status, row["genre"], row["confidence"],
+                   row["probabilities"], row["uncertain"], result.duration, result.error,
+                   result.model_id)
+
+    def as_row(self) -> dict:
+        """The dict that Index.tracks() yields for a stored track (for tagger.output)."""
+        return {"path": self.path, "genre": self.genre, "confidence": self.confidence,
+                "probabilities": self.probabilities, "model_id": self.model_id,
+                "error": self.error, "status": self.status, "uncertain": self.uncertain}
+
+
+class Model:
+    """A loaded checkpoint on a device (see load_model)."""
+
+    def __init__(self, classifier: Classifier, path: Path):
+        self.classifier = classifier
+        self.path = path
+
+    @property
+    def model_id(self) -> str:
+        """The first 12 hex digits of the checkpoint file's SHA-256."""
+        return self.classifier.model_id
+
+    @property
+    def genres(self) -> tuple[str, ...]:
+        return tuple(self.classifier.genres)
+
+    @property
+    def uncertain_below(self) -> float:
+        """Tracks whose top probability is under this are uncertain."""
+        return self.classifier.uncertain_below
+
+    def __repr__(self) -> str:
+        return f"Model({str(self.path)!r}, id {self.model_id}, {self.classifier.device})"
+
+    def classify_file(self, path: PathLike) -> Prediction:
+        """One file's prediction; a file that cannot be decoded gives status "failed" (or
+        "error" when the reason is not its content) and the reason, and silence "silent"."""
+        return next(self.classify_files([path]))
+
+    def classify_files(self, paths: Iterable[PathLike], *, workers: int | None = None,
+                       batch_size: int = 16) -> Iterator[Prediction]:
+        """Predictions for many files, in the order given, each as soon as it and those
+        before it are done. Decoding runs in `workers` processes (default: one per core;
+        0 decodes in this process), batch_size tracks at a time through the model."""
+        from tagger.crawl import Candidate
+        from tagger.scanner import classify_files
+        paths = [os.path.abspath(p) for p in paths]
+        done: dict[str, Prediction] = {}
+        shown = 0
+        with closing(classify_files([Candidate(p, 0, 0) for p in dict.fromkeys(paths)],
+                                    self.classifier, batch_size=batch_size,
+                                    workers=available_cores() if workers is None else workers)
+                     ) as batches:
+            for batch in batches:
+                done.update((r.path, Prediction.of(r, self.uncertain_below)) for r in batch)
+                while shown < len(paths) and paths[shown] in done:
+                    yield done[paths[shown]]
+                    shown += 1
+
+
+def load_model(path: PathLike | None = None, device: str = "auto") -> Model:
+    """A tagger checkpoint, ready to classify: `path` is a checkpoint file, or the name of a
+    shipped model ("default", "fast"); None is the shipped default. device: "auto" (CUDA,
+    then MPS, then the CPU), "cpu", "cuda" or "mps"."""
+    model_path, _ = resolve_model(None if path is None else Path(os.fspath(path)))
+    return _load(model_path, device)
+
+
+def _load(model_path: Path, device: str) -> Model:
+    from tagger.checkpoint import load
+    from tagger.classify import Classifier
+    return Model(Classifier(load(model_path), device), model_path)
+
+
+def check_paths(paths: Sequence[PathLike], missing: str) -> None:
+    """A UserError naming the first path that cannot be reached."""
+    for p in paths:
+        try:
+            os.stat(p)
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise UserError(f"{os.fspath(p)}: name or path too long for the system") from None
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise UserError(f"{os.fspath(p)}: {missing}") from None
+            raise UserError(f"{os.fspath(p)}: cannot read it ({e.strerror})") from None
+
+
+def scan(paths: Sequence[PathLike], db: PathLike | None = None,
+         model: Model | PathLike | None = None, *, exclude: Sequence[str] = (),
+         force: bool = False, workers: int | None = None, batch_size: int = 16,
+         device: str = "auto", on_start: Callable[[int], None] | None = None,
+         on_result: Callable[[TrackResult], None] | None = None,
+         should_stop: Callable[[], bool] | None = None) -> ScanStats:
+    """Classify every audio file under `paths` (folders or files) into the index `db`
+    (default: $TAGGER_DB, else the user's data folder), as `tagger scan` does. A file
+    unchanged since the index saw it (same path, size, modification time and model) is not
+    opened, and the model is only loaded when there is something to classify. `model`: a
+    Model, a checkpoint path or a shipped model's name (default: the shipped default).
+    `exclude`: globs of names or full paths to skip. on_start(n) is called with the number of
+    files to classify; on_result(result) with each file's TrackResult once stored. When
+    should_stop() turns true, what is already decoded is classified and stored, and the
+    returned stats say interrupted."""
+    from tagger import scanner
+    check_paths(paths, "no such file or folder")
+    model_path, model_id = ((model.path, model.model_id) if isinstance(model, Model) else
+                            resolve_model(None if model is None else Path(os.fspath(model))))
+    with Index(db) as index, index.writer_lock():
+        todo, unchanged = scanner.plan(index, [os.fspath(p) for p in paths], model_id, exclude,
+                                       force)
+        stats = scanner.ScanStats(unchanged=unchanged)
+        if on_start:
+            on_start(len(todo))
+        if todo:
+            loaded = model if isinstance(model, Model) else _load(model_path, device)
+            scanner.run_scan(todo, loaded.classifier, index,
+                             workers=available_cores() if workers is None else workers,
+                             batch_size=batch_size, on_result=on_result or (lambda r: None),
+                             should_stop=should_stop or (lambda: False), stats=stats)
+    return stats

@@ -1,0 +1,147 @@
+"""The Python API: what the README's "Python API" section promises, on real generated files,
+and that the light entry points import neither torch nor PyAV."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tagger
+from tagger.tags import read as read_tags
+
+from conftest import write_track
+
+
+def test_load_model_and_classify_a_file(library, model_path):
+    model = tagger.load_model(model_path, device="cpu")
+    p = model.classify_file(library / "a" / "two.flac")
+    assert p.status == "ok" and p.error is None
+    assert p.path == str(library / "a" / "two.flac")
+    assert list(p.probabilities) == sorted(p.probabilities, key=p.probabilities.get, reverse=True)
+    assert p.genre == next(iter(p.probabilities)) and p.confidence == p.probabilities[p.genre]
+    assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert p.duration == pytest.approx(2.5, abs=0.1)
+    assert p.model_id == model.model_id and set(model.genres) == set(p.probabilities)
+
+
+def test_classify_files_keeps_the_order_given_and_says_why_a_file_failed(library, model_path, tmp_path):
+    silent = write_track(tmp_path / "quiet.wav", kind="silence")
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"not audio at all" * 100)
+    paths = [library / "c" / "six.wav", broken, silent, tmp_path / "missing.ogg",
+             library / "a" / "one.mp3"]
+    got = list(tagger.load_model(model_path, "cpu").classify_files(paths, workers=2))
+    assert [p.path for p in got] == [str(p) for p in paths]
+    assert [p.status for p in got] == ["ok", "failed", "silent", "error", "ok"]    # missing: transient
+    assert all(p.error for p in got[1:4]) and got[1].genre is None and got[1].probabilities == {}
+
+
+def test_load_model_by_shipped_name_and_default():
+    fast = tagger.load_model("fast", "cpu")
+    default = tagger.load_model()
+    assert fast.path.name == "fast.pt" and default.path.name == "default.pt"
+    assert fast.model_id != default.model_id
+
+
+def test_load_model_of_a_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(tagger.UserError, match="nope.pt"):
+        tagger.load_model(tmp_path / "nope.pt")
+
+
+def test_scan_query_write_and_restore_from_python(library, model_path, tmp_path):
+    db = tmp_path / "lib.db"
+    started, results = [], []
+    stats = tagger.scan([library], db, model_path, exclude=["*.opus"], workers=1,
+                        on_start=started.append, on_result=results.append)
+    assert started == [6] and len(results) == 6
+    assert (stats.classified, stats.unchanged, stats.failed) == (6, 0, 0)
+    again = tagger.scan([library], db, model_path, exclude=["*.opus"], workers=1)
+    assert (again.classified, again.unchanged) == (0, 6)
+
+    with tagger.Index(db, read_only=True) as index:
+        rows = list(index.query())
+        top = rows[0]["genre"]
+        assert {r["path"] for r in index.query(genre=top.upper())} == \
+            {r["path"] for r in rows if r["genre"] == top} != set()
+        with pytest.raises(tagger.UserError, match="unknown genre"):
+            list(index.query(genre="polka"))
+
+    flac = str(library / "a" / "two.flac")
+    outcomes = []
+    written = tagger.write_tags([flac], db, options=tagger.TagOptions(min_confidence=0.0,
+                                                                     include_uncertain=True),
+                                on_outcome=outcomes.append)
+    assert written.written == 1 and [o.action for o in outcomes] == ["written"]
+    assert read_tags(flac).genres == outcomes[0].new
+    restored = tagger.restore_tags([library], db)
+    assert restored.written == 1 and read_tags(flac).genres == []
+
+
+def test_write_tags_under_a_folder_never_scanned_is_a_user_error(library, model_path, tmp_path):
+    db = tmp_path / "lib.db"
+    tagger.scan([library / "a"], db, model_path, workers=0)
+    with pytest.raises(tagger.UserError, match="no indexed tracks there"):
+        tagger.write_tags([library / "b"], db)
+
+
+def test_scan_stops_when_asked_and_says_so(library, model_path, tmp_path):
+    db = tmp_path / "lib.db"
+    stats = tagger.scan([library], db, model_path, workers=1, batch_size=1,
+                        should_stop=lambda: True)
+    assert stats.interrupted and stats.classified < 7
+
+
+def test_scan_a_missing_folder_is_a_user_error(tmp_path):
+    with pytest.raises(tagger.UserError, match="no such file or folder"):
+        tagger.scan([tmp_path / "nowhere"], tmp_path / "x.db")
+    assert not (tmp_path / "x.db").exists()
+
+
+LIGHT = """
+import sys
+sys.argv = {argv!r}
+import tagger.cli
+try:
+    tagger.cli.main()
+except SystemExit:
+    pass
+heavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{'torch', 'av', 'librosa', 'torchaudio'}})
+print('HEAVY', heavy, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [["tagger", "--help"], ["tagger", "query", "--format", "json"],
+                                  ["tagger", "query", "--genre", "jazz"], ["tagger", "write-tags", "--help"]])
+def test_light_commands_import_neither_torch_nor_av(argv, library, model_path, tmp_path):
+    db = tmp_path / "lib.db"
+    tagger.scan([library / "a"], db, model_path, workers=0)
+    done = subprocess.run([sys.executable, "-c", LIGHT.format(argv=argv)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "TAGGER_DB": str(db)})
+    assert "HEAVY [" in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_the_index_api_imports_neither_torch_nor_av(library, model_path, tmp_path):
+    db = tmp_path / "lib.db"
+    tagger.scan([library / "a"], db, model_path, workers=0)
+    code = (f"import sys, tagger\nwith tagger.Index({str(db)!r}, read_only=True) as i:\n"
+            "    n = len(list(i.query()))\n"
+            "print(n, sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'av', 'librosa'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split(None, 1) == ["2", "[]\n"], done.stderr
+
+
+def test_the_readme_example_runs(library, tmp_path):
+    """The README's "Python API" example, as written there, on a generated file."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    song = write_track(tmp_path / "song.flac", seconds=4, kind="clicks")
+    done = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert song.name in done.stdout

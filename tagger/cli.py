@@ -440,9 +440,7 @@ def print_training_summary(report: dict, checkpoint: Path) -> None:
             if reference_line(r):
                 lines.append(reference_line(r) + ".")
         lines.append(f"Checkpoint: {output.display(str(checkpoint))} (model id {report['model_id']})")
-    held_out = "cross_validation" in report or runs[0]["evaluated_on"]
-    figures = ".confusion.png, .curves.png" if held_out else ".curves.png"
-    lines.append(f"Report and figures: {output.display(str(checkpoint.with_name(checkpoint.stem)))}.report.json, {figures}")
+    lines.append("Report and figures: " + ", ".join(output.display(f) for f in report["files"]))
     for line in lines:
         out.print(line, highlight=False, markup=False)
 
@@ -452,25 +450,26 @@ def print_training_summary(report: dict, checkpoint: Path) -> None:
 def evaluate(
     data_dir: Annotated[Path, typer.Argument(help="GTZAN-style folder of clips.", show_default=False)],
     model: ModelOption = None,
-    split: Annotated[str, typer.Option("--split", metavar="valid|test|train|all",
-                     help="Which part of the model's training split to score (all: every clip).")] = "valid",
+    part: Annotated[str, typer.Option("--part", metavar="valid|test|train|all",
+                    help="Which part of the split the model was trained with to score (all: every clip).")] = "valid",
+    split: Annotated[Optional[str], typer.Option("--split", hidden=True)] = None,   # --part's old name
     device: DeviceOption = Device.auto,
     cache: CacheOption = None,
     report: Annotated[Optional[Path], typer.Option(
         "--report", show_default=False,
         help="Where the report goes (PATH.report.json, PATH.confusion.png). "
-             "\\[default: beside --model, else the current folder]")] = None,
+             "\\[default: beside --model; in the current folder for a shipped model, or when "
+             "that folder is not writable]")] = None,
     teacher: TeacherOption = None,
 ) -> None:
-    """Score a model on a split of a GTZAN-style folder, beside the MFCC baseline.
+    """Score a model on a part of its training split of a GTZAN-style folder, beside the MFCC baseline.
 
-    Example: [bold]tagger evaluate gtzan/genres --model models/mine.pt --split test[/bold]
+    Example: [bold]tagger evaluate gtzan/genres --model models/mine.pt --part test[/bold]
     """
     from tagger.evaluate import evaluate_model
+    part = split or part
     model_path, _ = resolve_model(model)
     fcn = load_teacher_option(teacher)
-    if report is None and model is None:            # never write into the installed package
-        report = Path.cwd() / f"default.{split}"
     progress = Progress(SpinnerColumn(), TextColumn("Reading clips"), BarColumn(), MofNCompleteColumn(),
                         console=err, disable=not err.is_terminal)
     task = progress.add_task("read", total=None)
@@ -481,9 +480,9 @@ def evaluate(
         progress.advance(task)
 
     with progress:
-        result = evaluate_model(data_dir, model_path, split, device.value, cache, report, on_clip, fcn)
-    m = result["metrics"]
-    out.print(f"{result['split']}, {split}: {m['tracks']} clips, track accuracy {m['accuracy']:.3f}, "
+        result = evaluate_model(data_dir, model_path, part, device.value, cache, report, on_clip, fcn)
+    m = result["model"]
+    out.print(f"{result['split']}, {part}: {m['tracks']} clips, track accuracy {m['accuracy']:.3f}, "
               f"macro F1 {m['macro_f1']:.3f}", highlight=False)
     if "baseline" in result:
         b = result["baseline"]

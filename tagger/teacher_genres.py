@@ -5,7 +5,7 @@ and training decode) are cached like the log-mels, keyed by the file's content, 
 teacher's SHA-256 and the window settings, so a rerun never runs the teacher again. A
 standardised, class-balanced logistic regression maps a clip's tags, averaged over its
 windows, to the genres; it is fitted on the training clips only. Reports show it beside the
-MFCC baseline (evaluate.compare): the figure a student distilled from the teacher aims at.
+MFCC baseline (scoring.score_clips): the figure a student distilled from the teacher aims at.
 """
 
 from __future__ import annotations

@@ -41,8 +41,6 @@ from tagger.classify import pick_device
 from tagger.dataset import (Clip, FeatureCache, Found, Split, find_clips, genre_counts, load_features,
                             make_splits)
 from tagger.errors import UserError
-from tagger.evaluate import (compare, labels, nll, predict, present_only, report_paths, score,
-                             teacher_cache, writable_folder, write_json)
 from tagger.features import FeatureSettings
 from tagger.genres import GENRES
 from tagger.metrics import spread, summarise
@@ -50,6 +48,8 @@ from tagger.model import GenreCRNN, ModelSettings
 from tagger.calibrate import (UNCERTAIN_BELOW, calibration_report, fit_fusion, fit_temperature,
                               probabilities)
 from tagger.recipe import TrainSettings, default_cache_dir
+from tagger.reports import data_section, report_paths, write_report
+from tagger.scoring import labels, nll, predict, score, score_clips, teacher_cache
 
 STATE_FORMAT = "tagger-train-state"
 
@@ -357,7 +357,7 @@ def distillation_examples(split: Split, views: dict, extra: Sequence[str], ts: T
 
 def branch_logits(net: GenreCRNN, clips: Sequence[Clip], mels: dict, tags: dict | None,
                   fs: FeatureSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The clips' window logits of each branch and their owners (evaluate.predict's
+    """The clips' window logits of each branch and their owners (scoring.predict's
     logits=True): what calibration fits and what the report's probabilities come from."""
     return predict(net, [mels[c.path] for c in clips], fs, torch.device("cpu"),
                    None if tags is None else [tags[c.path] for c in clips], logits=True)
@@ -434,7 +434,8 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{out}: is a folder; --out takes the checkpoint's file name")
-    writable_folder(out.parent, "the checkpoint")
+    base = out.with_name(out.stem)          # the report and figures beside the checkpoint
+    report_paths(base, "the checkpoint and its report")
 
     cache = FeatureCache(cache_dir or default_cache_dir(), fs)
     failed: dict[str, str] = {}
@@ -516,13 +517,10 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
                   "epochs_run": state.epoch, "seconds_per_epoch": state.seconds / max(state.epoch, 1),
                   "history": state.history}
         if part:
-            evaluated = s.parts[part]
-            probs = probabilities(*held[part], len(evaluated), ms_run.temperature,
+            probs = probabilities(*held[part], len(s.parts[part]), ms_run.temperature,
                                   ms_run.cnn_weight).numpy()
-            model_metrics = score(probs, evaluated, genres)
-            result |= {"evaluated_genres": genre_counts(evaluated), "model": model_metrics,
-                       **compare(model_metrics, s.train, evaluated, mels, genres, ts.seed,
-                                 teacher_cache(teacher, cache), probs)}
+            result |= score_clips(probs, s.parts[part], genres, s.train, mels, ts.seed,
+                                  teacher_cache(teacher, cache))
         if s.missing:
             result["missing_from_lists"] = s.missing
             result["unlisted_clips"] = s.unlisted
@@ -542,7 +540,6 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
 
     report = _report(data_dir, found, failed, splits, split, done_runs, ts, fs, ms, dev,
                      time.perf_counter() - started)
-    paths = report_paths(out.with_name(out.stem))
     if len(splits) == 1:
         run = done_runs[0]
         final_net = GenreCRNN(final_ms)
@@ -561,8 +558,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
             provenance=report["provenance"])
         report["model_id"] = save(ckpt, out)
         report["checkpoint"] = str(out)
-    write_json(report, paths["report.json"])
-    _figures(report, paths)
+    write_report(report, base)
     state_file.unlink(missing_ok=True)
     return report
 
@@ -570,9 +566,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
 def _report(data_dir, found, failed, splits, split_kind, runs, ts, fs, ms, dev, seconds) -> dict:
     report = {
         "tagger_version": __version__,
-        "data": {"folder": str(data_dir), "clips": len(found.clips) - len(failed),
-                 "genres": genre_counts(c for c in found.clips if c.path not in failed),
-                 "unreadable": failed, "unlabelled": found.unlabelled, "duplicates": found.duplicates},
+        "data": data_section(data_dir, found, found.clips, failed),
         "split": split_kind if split_kind != "folds" else f"folds {len(splits)}",
         "runs": runs,
         "train_seconds": seconds,
@@ -609,26 +603,3 @@ def _report(data_dir, found, failed, splits, split_kind, runs, ts, fs, ms, dev, 
                               for k in ("before", "after")},
         }
     return report
-
-
-def _figures(report: dict, paths: dict[str, Path]) -> None:
-    from tagger.figures import confusion_png, curves_png, reliability_png
-    runs = report["runs"]
-    if "cross_validation" in report:
-        cv = report["cross_validation"]
-        matrix, title = cv["pooled"]["confusion"], (
-            f"{report['split']}: test folds pooled, accuracy {cv['pooled']['accuracy']:.3f}")
-    elif runs[0]["evaluated_on"]:
-        run = runs[0]
-        matrix, title = run["model"]["confusion"], (
-            f"{run['split']} split, {run['evaluated_on']}: accuracy {run['model']['accuracy']:.3f}, "
-            f"macro F1 {run['model']['macro_f1']:.3f}")
-    else:
-        matrix = None                       # --split all: nothing held out
-    if matrix is not None:
-        confusion_png(*present_only(matrix, GENRES), title, paths["confusion.png"])
-    curves_png([r["history"] for r in runs], [r["split"] for r in runs], paths["curves.png"])
-    if len(runs) == 1 and "calibration" in runs[0]:
-        c = runs[0]["calibration"]
-        reliability_png(c, f"{runs[0]['split']}: {c['tracks']} {c['measured_on']} clips "
-                        f"(calibration fitted on {c['fitted_on']})", paths["reliability.png"])

@@ -64,7 +64,7 @@ def test_scan_and_evaluation_give_the_same_probabilities(fused, tmp_path):
     scanned = Classifier(ckpt, "cpu").classify([e.waveforms for e in excerpts])
     net = ckpt.build()
     tags = track_tags(net.teacher, [e.waveforms for e in excerpts], fs.sample_rate)
-    from tagger.evaluate import predict
+    from tagger.scoring import predict
     from tagger.features import log_mel_segments  # noqa: F401 - the features scan computes
     from tagger.dataset import FeatureCache
     cache = FeatureCache(tmp_path / "cache", fs)
@@ -77,7 +77,7 @@ def test_evaluate_scores_a_fused_checkpoint_as_training_did(fused, tmp_path):
     trained = fused["report"]["runs"][0]
     report = evaluate_model(fused["data"], fused["model"], trained["evaluated_on"], "cpu",
                             fused["cache"], tmp_path / "eval")
-    assert report["metrics"]["confusion"] == trained["model"]["confusion"]
+    assert report["model"]["confusion"] == trained["model"]["confusion"]
 
 
 def test_cli_scans_with_a_fused_model(fused, library, tmp_path):

@@ -120,7 +120,7 @@ def test_the_genre_map_is_fitted_on_training_clips_only(run, data, tmp_path):
 def test_a_wrong_teacher_file_is_one_error_line(data, tmp_path):
     wrong = random_teacher(tmp_path / "best_model.pth")        # not msd_fcn's sha256
     for command in (["train", str(data), "--out", str(tmp_path / "m.pt"), "--epochs", "1"],
-                    ["evaluate", str(data), "--split", "all", "--report", str(tmp_path / "e")]):
+                    ["evaluate", str(data), "--part", "all", "--report", str(tmp_path / "e")]):
         result = CliRunner().invoke(app, [*command, "--teacher", str(wrong)])
         assert result.exit_code == 1, result.output
         assert result.output.startswith("Error:") and result.output.count("\n") == 1

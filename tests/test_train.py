@@ -212,15 +212,22 @@ def test_trained_checkpoint_round_trip(trained, tiny):
 
 def test_evaluate_command_scores_a_checkpoint_beside_the_baseline(trained, tiny, tmp_path):
     out, report = trained
-    result = CliRunner().invoke(app, ["evaluate", str(tiny), "--model", str(out), "--split", "test",
+    result = CliRunner().invoke(app, ["evaluate", str(tiny), "--model", str(out), "--part", "test",
                                       "--report", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "eval.report.json").read_text())
-    assert saved["metrics"]["accuracy"] == pytest.approx(report["runs"][0]["model"]["accuracy"])
-    assert saved["baseline"]["accuracy"] == pytest.approx(report["runs"][0]["baseline"]["accuracy"])
+    run = report["runs"][0]
+    scored = {"evaluated_on", "evaluated_genres", "model", "baseline", "margin"}   # one schema
+    assert scored <= set(saved) and scored <= set(run)
+    for key in ("evaluated_genres", "model", "baseline", "margin"):
+        assert set(saved[key]) == set(run[key]), key
+    assert saved["model"]["confusion"] == run["model"]["confusion"]
+    assert saved["model"]["accuracy"] == pytest.approx(run["model"]["accuracy"])
+    assert saved["baseline"] == run["baseline"]
+    assert saved["checkpoint"] == str(out) and saved["model_id"] == report["model_id"]
     assert (tmp_path / "eval.confusion.png").read_bytes()[:8] == PNG
-    assert f"track accuracy {saved['metrics']['accuracy']:.3f}" in result.output
-    bad = CliRunner().invoke(app, ["evaluate", str(tiny), "--model", str(out), "--split", "nope"])
+    assert f"track accuracy {saved['model']['accuracy']:.3f}" in result.output
+    bad = CliRunner().invoke(app, ["evaluate", str(tiny), "--model", str(out), "--part", "nope"])
     assert bad.exit_code == 1 and "Error: unknown part 'nope'" in bad.output
 
 
@@ -244,11 +251,11 @@ def test_train_command_end_to_end(tiny, tmp_path):
     data = tmp_path / "more"
     shutil.copytree(tiny, data)
     write_track(data / "blues" / "blues.00099.wav", seconds=4.0, kind="tone", freq=300.0)
-    result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(out), "--split", "test",
+    result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(out), "--part", "test",
                                       "--report", str(tmp_path / "again")])
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "again.report.json").read_text())
-    assert saved["metrics"]["tracks"] == len(provenance["parts"]["test"])
+    assert saved["model"]["tracks"] == len(provenance["parts"]["test"])
 
 
 def test_unusable_outputs_and_data_are_one_line_errors(tiny, tmp_path):

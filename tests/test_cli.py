@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import typer
 
 from conftest import run, write_track
 from tagger.genres import GENRES
@@ -227,6 +228,23 @@ def test_version():
 def test_every_command_help_has_an_example():
     for command in ("scan", "query", "show"):
         assert "Example:" in run(command, "--help").stdout
+
+
+def test_a_crash_fails_a_cli_test_whatever_its_exit_code():
+    """CliRunner turns an exception into exit code 1: conftest.run fails the test instead."""
+    crashing = typer.Typer()
+
+    @crashing.command()
+    def boom():
+        raise IndexError("the Vorbis comment header is cut")
+
+    @crashing.command()
+    def refuse():
+        raise typer.Exit(1)
+
+    with pytest.raises(pytest.fail.Exception, match="IndexError: the Vorbis comment header is cut"):
+        run("boom", ok=1, cli=crashing)
+    assert isinstance(run("refuse", ok=1, cli=crashing).exception, SystemExit)
 
 
 def test_names_that_look_like_markup(model_path, tmp_path):

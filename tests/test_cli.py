@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
 import typer
 
+import tagger
 from conftest import run, write_track
+from tagger.cli import app
 from tagger.genres import GENRES
 from tagger.modelfile import file_model_id
 
@@ -222,12 +225,15 @@ def test_show_reports_a_bad_file_and_goes_on(library, model_path, tmp_path):
 
 
 def test_version():
-    assert run("--version").stdout.startswith("tagger ")
+    assert run("--version").stdout == f"tagger {tagger.__version__}\n"
 
 
 def test_every_command_help_has_an_example():
-    for command in ("scan", "query", "show"):
-        assert "Example:" in run(command, "--help").stdout
+    commands = typer.main.get_command(app).commands
+    assert {"scan", "query", "show", "write-tags", "restore-tags", "train", "evaluate"} <= set(commands)
+    for name in commands:
+        example = re.search(r"^\s*Example: (tagger \S+)", run(name, "--help").stdout, re.MULTILINE)
+        assert example and example[1] == f"tagger {name}", name
 
 
 def test_a_crash_fails_a_cli_test_whatever_its_exit_code():

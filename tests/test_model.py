@@ -163,3 +163,17 @@ def test_one_file_hash_names_models_and_cache_entries(tmp_path):
     entry, = (tmp_path / "cache").rglob("*.npz")
     assert entry.stem == file_sha256(track)[:24]
 
+
+def test_every_torch_save_is_atomic(tmp_path):
+    """A torch.save that fails half-way (here: something it cannot pickle) leaves the old
+    file whole and no temporary file; tagger saves only through atomic_torch_save."""
+    from tagger.atomic import atomic_torch_save
+    path = make_checkpoint(tmp_path / "m.pt")
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="pickle"):
+        atomic_torch_save({"weights": torch.zeros(1000), "oops": lambda: 0}, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.pt"]
+    atomic_torch_save({"weights": torch.zeros(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.zeros(3))
+    sources = Path(checkpoint.__file__).parent.glob("*.py")
+    assert [p.name for p in sources if "torch.save(" in p.read_text()] == ["atomic.py"]

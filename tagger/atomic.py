@@ -33,3 +33,11 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """torch.save(obj) to path through atomic_file: every torch.save in tagger goes here."""
+    import torch        # here: atomic.py itself imports no torch (tagger --help, query)
+
+    with atomic_file(path) as f:
+        torch.save(obj, f)

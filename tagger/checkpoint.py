@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tagger.atomic import atomic_file
+from tagger.atomic import atomic_torch_save
 from tagger.errors import CheckpointError
 from tagger.features import FeatureSettings
 from tagger.genres import GENRES, normalise_genre
@@ -113,8 +113,7 @@ def save(ckpt: Checkpoint, path: str | Path) -> str:
         "state_dict": ckpt.state_dict,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as f:
-        torch.save(payload, f)
+    atomic_torch_save(payload, path)
     ckpt.model_id = file_model_id(path)
     return ckpt.model_id
 

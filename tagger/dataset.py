@@ -34,6 +34,7 @@ from tagger.decode import decode_excerpts
 from tagger.errors import DecodeError, UserError
 from tagger.features import FeatureSettings, LogMel, log_mels
 from tagger.genres import GENRES, normalise_genre
+from tagger.modelfile import file_sha256
 
 PARTS = ("train", "valid", "test")
 
@@ -201,14 +202,6 @@ def settings_key(settings: FeatureSettings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def content_key(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:24]
-
-
 class ArrayCache:
     """Arrays computed from a file: folder/<content key>.npz, one float32 array per excerpt
     window. `folder` names everything the arrays depend on besides the file's content (a
@@ -225,7 +218,7 @@ class ArrayCache:
         raise NotImplementedError
 
     def get(self, path: str) -> list[torch.Tensor]:
-        entry = self.dir / f"{content_key(path)}.npz"
+        entry = self.dir / f"{file_sha256(path)[:24]}.npz"
         try:
             with np.load(entry, allow_pickle=False) as data:
                 arrays = [torch.from_numpy(data[f"w{i}"]) for i in range(len(data.files))]

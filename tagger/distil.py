@@ -27,9 +27,10 @@ import torch
 import torchaudio
 
 from tagger import teacher as fcn
-from tagger.dataset import ArrayCache, content_key
+from tagger.dataset import ArrayCache
 from tagger.decode import decode_excerpts
 from tagger.features import FeatureSettings, LogMel, log_mels
+from tagger.modelfile import file_sha256
 from tagger.teacher_genres import fit_genre_map
 
 # Speed factors, as rates to resample to: the sample rate * N/21 (22,050 Hz: 1,050 Hz * N).
@@ -82,7 +83,7 @@ class ViewBank(ArrayCache):
         and its tags."""
         s = self.settings
         ex = decode_excerpts(path, s.sample_rate, s.excerpt_windows, s.excerpt_seconds)
-        seed = int(content_key(path)[:8], 16)
+        seed = int(file_sha256(path)[:8], 16)
         arrays = [torch.tensor([self.n_views, len(ex.waveforms)], dtype=torch.float32)]
         with torch.inference_mode():
             for v in range(self.n_views):

@@ -34,13 +34,19 @@ def file_problem(path: str | Path) -> str | None:
     return None
 
 
-def file_model_id(path: str | Path) -> str:
-    """The first 12 hex digits of the file's SHA-256: a new model makes old predictions stale."""
+def file_sha256(path: str | Path) -> str:
+    """The file's SHA-256 in hex, read 1 MiB at a time: tagger's one file hash (model ids,
+    feature cache keys)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return digest.hexdigest()
+
+
+def file_model_id(path: str | Path) -> str:
+    """The first 12 hex digits of the file's SHA-256: a new model makes old predictions stale."""
+    return file_sha256(path)[:12]
 
 
 # The models shipped inside the package, by the name --model also takes (models/<name>.pt

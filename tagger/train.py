@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from tagger import __version__
-from tagger.atomic import atomic_file
+from tagger.atomic import atomic_torch_save
 from tagger.checkpoint import new_checkpoint, save
 from tagger.classify import pick_device
 from tagger.dataset import (Clip, FeatureCache, Found, Split, find_clips, genre_counts, load_features,
@@ -384,11 +384,6 @@ def calibrated(net: GenreCRNN, valid: Sequence[Clip], logits: tuple | None,
 
 # --- the whole job ------------------------------------------------------------------------------
 
-def _atomic_torch_save(payload: dict, path: Path) -> None:
-    with atomic_file(path) as f:
-        torch.save(payload, f)
-
-
 def resume_path(out: Path) -> Path:
     return out.with_name(out.name + ".resume")
 
@@ -499,7 +494,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
             continue
 
         def save_state(current: dict) -> None:
-            _atomic_torch_save({"format": STATE_FORMAT, "key": key, "done_runs": done_runs,
+            atomic_torch_save({"format": STATE_FORMAT, "key": key, "done_runs": done_runs,
                                 "current": current, "final": None}, state_file)
 
         reporter.run_start(i, len(splits), s, ts.epochs, saved["epoch"] if saved else 0)
@@ -532,7 +527,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
             result["calibration"] = {"fitted_on": "valid", "measured_on": part, **calibration_report(
                 *held[part], labels(s.parts[part], GENRES), ms_run.temperature,
                 ms_run.uncertain_below, ms_run.cnn_weight)}
-        _atomic_torch_save({"format": STATE_FORMAT, "key": key, "done_runs": done_runs,
+        atomic_torch_save({"format": STATE_FORMAT, "key": key, "done_runs": done_runs,
                             "current": None, "final": final_state,
                             "final_calibration": {k: getattr(final_ms, k) for k in
                                                   ("temperature", "uncertain_below", "cnn_weight")}},

@@ -4,6 +4,7 @@ libraries of generated audio. No GTZAN, no GPU."""
 from __future__ import annotations
 
 import os
+import traceback
 from pathlib import Path
 
 import pytest
@@ -89,9 +90,14 @@ def make_tiny_gtzan(root: Path, per_part: dict[str, int] | None = None, seconds:
     return root
 
 
-def run(*args, ok: int | None = 0):
-    """A tagger command through Typer's CliRunner; asserts its exit code unless ok is None."""
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+def run(*args, ok: int | None = 0, cli=app, **kw):
+    """A tagger command through Typer's CliRunner (keywords go to invoke: input=, env=...).
+    An exception other than SystemExit fails the test with its traceback, whatever the exit
+    code (CliRunner would turn a crash into exit 1); asserts the exit code unless ok is None."""
+    result = CliRunner().invoke(cli, [str(a) for a in args], **kw)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        pytest.fail("the command crashed:\n" + "".join(traceback.format_exception(*result.exc_info))
+                    + result.output, pytrace=False)
     if ok is not None:
         assert result.exit_code == ok, result.output
     return result

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from conftest import chmod_works, write_track
+from conftest import chmod_works, run, write_track
 from tagger import synth
-from tagger.cli import app
 from tagger.genres import GENRES
-
-runner = CliRunner()
 
 
 def cut(path: Path, keep: float) -> Path:
@@ -69,11 +65,9 @@ def odd_library(tmp_path_factory) -> Path:
 
 def test_scan_survives_everything(odd_library, model_path, tmp_path):
     db = tmp_path / "index.db"
-    result = runner.invoke(app, ["scan", str(odd_library), "--db", str(db), "--model",
-                                 str(model_path), "--workers", "2"])
-    assert result.exit_code == 0, result.output
+    result = run("scan", odd_library, "--db", db, "--model", model_path, "--workers", "2")
     assert "13 classified, 0 unchanged, 5 failed, 1 silent" in result.stdout
-    rows = json.loads(runner.invoke(app, ["query", "--db", str(db), "--format", "json"]).stdout)
+    rows = json.loads(run("query", "--db", db, "--format", "json").stdout)
     by_name = {os.path.basename(r["path"]): r for r in rows}
     valid = {"one-second.flac", "half-second.wav", "8k.wav", "48k.wav", "96k.wav", "stereo.mp3",
              "six-channels.flac", "Björk – Jóga.m4a", "日本語.ogg", os.fsdecode(b"latin1-\xe9t\xe9.wav"),

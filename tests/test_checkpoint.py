@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import make_checkpoint
+from conftest import make_checkpoint, run
 from tagger import checkpoint
-from tagger.cli import app
 from tagger.errors import CheckpointError, UserError
 from tagger.modelfile import MAX_CHECKPOINT_BYTES, default_model_path, resolve_model
-
-runner = CliRunner()
 
 
 def tampered(tmp_path: Path, change, name: str = "bad.pt") -> Path:
@@ -223,8 +219,7 @@ def one_error_line(result, expected: str) -> None:
 def test_nan_weights_never_store_ok_rows(library, tmp_path):
     bad = tampered(tmp_path, lambda p: p["state_dict"]["head.bias"].fill_(math.nan))
     db = tmp_path / "index.db"
-    result = runner.invoke(app, ["scan", str(library), "--db", str(db), "--model", str(bad),
-                                 "--workers", "0"])
+    result = run("scan", library, "--db", db, "--model", bad, "--workers", "0", ok=None)
     one_error_line(result, "head.bias holds 10 NaN or infinite values")
     assert scan_rows(db) == []
 
@@ -237,11 +232,10 @@ def test_nan_weights_never_store_ok_rows(library, tmp_path):
 def test_cli_ends_with_one_error_line(library, tmp_path, change, expected):
     bad = tampered(tmp_path, change)
     db = tmp_path / "index.db"
-    scan = runner.invoke(app, ["scan", str(library), "--db", str(db), "--model", str(bad),
-                               "--workers", "0"])
+    scan = run("scan", library, "--db", db, "--model", bad, "--workers", "0", ok=None)
     one_error_line(scan, expected)
     assert scan_rows(db) == []
-    show = runner.invoke(app, ["show", str(library / "a" / "one.mp3"), "--model", str(bad)])
+    show = run("show", library / "a" / "one.mp3", "--model", bad, ok=None)
     one_error_line(show, expected)
 
 
@@ -251,8 +245,7 @@ def test_weights_that_overflow_never_store_ok_rows(library, tmp_path):
     bad = tampered(tmp_path, lambda p: p["state_dict"]["head.weight"].fill_(3e38))
     checkpoint.load(bad)                            # every weight is finite
     db = tmp_path / "index.db"
-    result = runner.invoke(app, ["scan", str(library), "--db", str(db), "--model", str(bad),
-                                 "--workers", "0"])
+    result = run("scan", library, "--db", db, "--model", bad, "--workers", "0", ok=None)
     one_error_line(result, "the model gives NaN or infinite probabilities")
     assert scan_rows(db) == []
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
+import typer
 
+import tagger
 from conftest import run, write_track
+from tagger.cli import app
 from tagger.genres import GENRES
 from tagger.modelfile import file_model_id
 
@@ -221,12 +225,32 @@ def test_show_reports_a_bad_file_and_goes_on(library, model_path, tmp_path):
 
 
 def test_version():
-    assert run("--version").stdout.startswith("tagger ")
+    assert run("--version").stdout == f"tagger {tagger.__version__}\n"
 
 
 def test_every_command_help_has_an_example():
-    for command in ("scan", "query", "show"):
-        assert "Example:" in run(command, "--help").stdout
+    commands = typer.main.get_command(app).commands
+    assert {"scan", "query", "show", "write-tags", "restore-tags", "train", "evaluate"} <= set(commands)
+    for name in commands:
+        example = re.search(r"^\s*Example: (tagger \S+)", run(name, "--help").stdout, re.MULTILINE)
+        assert example and example[1] == f"tagger {name}", name
+
+
+def test_a_crash_fails_a_cli_test_whatever_its_exit_code():
+    """CliRunner turns an exception into exit code 1: conftest.run fails the test instead."""
+    crashing = typer.Typer()
+
+    @crashing.command()
+    def boom():
+        raise IndexError("the Vorbis comment header is cut")
+
+    @crashing.command()
+    def refuse():
+        raise typer.Exit(1)
+
+    with pytest.raises(pytest.fail.Exception, match="IndexError: the Vorbis comment header is cut"):
+        run("boom", ok=1, cli=crashing)
+    assert isinstance(run("refuse", ok=1, cli=crashing).exception, SystemExit)
 
 
 def test_names_that_look_like_markup(model_path, tmp_path):

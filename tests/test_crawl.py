@@ -7,10 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import write_track
-from tagger.cli import app
+from conftest import run, write_track
 from tagger.crawl import crawl
 
 DEPTH = 1100
@@ -93,24 +91,18 @@ def test_a_scan_stores_and_prints_paths_too_long(tmp_path, model_path):
     write_track(lib / "ok.wav", seconds=1.0)
     near_file, far_folder = _long_tree(lib)
     db = tmp_path / "i.db"
-    runner = CliRunner()
-    result = runner.invoke(app, ["scan", str(lib), "--db", str(db), "--model", str(model_path),
-                                 "--workers", "0"])
-    assert result.exit_code == 0, result.output
+    result = run("scan", lib, "--db", db, "--model", model_path, "--workers", "0")
     assert "1 classified, 0 unchanged, 2 failed" in result.stdout
     assert f"{near_file}: path too long for the system (" in result.stderr
     assert f"{far_folder}: folder not scanned: its path is too long" in result.stderr
-    rows = json.loads(runner.invoke(app, ["query", "--db", str(db), "--failed", "--format",
-                                          "json"]).stdout)
+    rows = json.loads(run("query", "--db", db, "--failed", "--format", "json").stdout)
     assert {r["path"] for r in rows} == {near_file, far_folder}
-    again = runner.invoke(app, ["scan", str(lib), "--db", str(db), "--model", str(model_path),
-                                "--workers", "0"])
+    again = run("scan", lib, "--db", db, "--model", model_path, "--workers", "0")
     assert "0 classified, 1 unchanged, 2 failed" in again.stdout   # retried, still reported
 
 
 @pytest.mark.parametrize("command", ["scan", "show"])
 def test_an_argument_too_long_for_the_system_is_one_error_line(tmp_path, model_path, command):
     too_long = tmp_path / ("n" * 300 + ".wav")                  # over NAME_MAX
-    result = CliRunner().invoke(app, [command, str(too_long), "--model", str(model_path)])
-    assert result.exit_code == 1, result.output
+    result = run(command, too_long, "--model", model_path, ok=1)
     assert result.stderr == f"Error: {too_long}: name or path too long for the system\n"

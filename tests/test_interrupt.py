@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import write_track
-from tagger.cli import app
+from conftest import run, write_track
 
 N_TRACKS = 60
 
@@ -77,9 +75,7 @@ def test_interrupted_scan_resumes_without_repeating_work(big_library, model_path
     assert "Interrupted: run the same command again to finish" in err
     done = check_consistent(db)
     assert 0 < done < N_TRACKS
-    result = CliRunner().invoke(app, ["scan", str(big_library), "--db", str(db), "--model",
-                                      str(model_path), "--workers", "0"])
-    assert result.exit_code == 0, result.output
+    result = run("scan", big_library, "--db", db, "--model", model_path, "--workers", "0")
     assert f"{N_TRACKS - done} classified, {done} unchanged, 0 failed" in result.stdout
     assert check_consistent(db) == N_TRACKS
 
@@ -90,15 +86,12 @@ def test_second_scan_on_the_same_index_is_refused(big_library, model_path, tmp_p
     proc = start_scan(big_library, db, model_path)
     try:
         wait_for_rows(db, proc)
-        result = CliRunner().invoke(app, ["scan", str(big_library), "--db", str(db),
-                                          "--model", str(model_path), "--workers", "0"])
-        assert result.exit_code == 1
+        result = run("scan", big_library, "--db", db, "--model", model_path, "--workers", "0", ok=1)
         assert result.stderr == (f"Error: {db}: another tagger command (scan, write-tags or "
                                  "restore-tags) is writing to this index; wait for it to "
                                  "finish, or pass another --db\n")
         # reading while a scan writes is fine
-        listing = CliRunner().invoke(app, ["query", "--db", str(db), "--format", "json"])
-        assert listing.exit_code == 0
+        run("query", "--db", db, "--format", "json")
     finally:
         proc.terminate()
         proc.communicate(timeout=120)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchaudio
 
-from conftest import SMALL, make_checkpoint
+from conftest import SMALL, make_checkpoint, write_track
 from tagger import checkpoint
 from tagger.classify import Classifier, pick_device
 from tagger.errors import CheckpointError, UserError
@@ -146,3 +148,32 @@ def test_cuda_matches_cpu(model_path):
     cpu = Classifier(ckpt, "cpu").classify(tracks)
     gpu = Classifier(ckpt, "cuda").classify(tracks)
     assert np.allclose(cpu, gpu, atol=1e-3)
+
+
+def test_one_file_hash_names_models_and_cache_entries(tmp_path):
+    """modelfile.file_sha256 (no torch needed) is the one file hash: the model id and the
+    feature cache's entry names are its prefixes."""
+    from tagger.dataset import FeatureCache
+    from tagger.modelfile import file_sha256
+    track = write_track(tmp_path / "a.wav", seconds=1.0)
+    assert file_sha256(track) == hashlib.sha256(track.read_bytes()).hexdigest()
+    model = make_checkpoint(tmp_path / "m.pt")
+    assert file_model_id(model) == file_sha256(model)[:12]
+    FeatureCache(tmp_path / "cache", S).get(str(track))
+    entry, = (tmp_path / "cache").rglob("*.npz")
+    assert entry.stem == file_sha256(track)[:24]
+
+
+def test_every_torch_save_is_atomic(tmp_path):
+    """A torch.save that fails half-way (here: something it cannot pickle) leaves the old
+    file whole and no temporary file; tagger saves only through atomic_torch_save."""
+    from tagger.atomic import atomic_torch_save
+    path = make_checkpoint(tmp_path / "m.pt")
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="pickle"):
+        atomic_torch_save({"weights": torch.zeros(1000), "oops": lambda: 0}, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.pt"]
+    atomic_torch_save({"weights": torch.zeros(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.zeros(3))
+    sources = Path(checkpoint.__file__).parent.glob("*.py")
+    assert [p.name for p in sources if "torch.save(" in p.read_text()] == ["atomic.py"]

@@ -501,7 +501,8 @@ def wait_for_a_write(folder: Path, proc: subprocess.Popen) -> None:
     while not any(n.startswith(tags.TEMP_PREFIX) for n in os.listdir(folder)):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
-    
+        time.sleep(0.001)      # each of the 24 writes copies a 4 MB file: one of them shows
+
 
 def check_every_file(files, big_originals) -> int:
     """Each file is its original bytes or a complete tagged file with the same audio."""

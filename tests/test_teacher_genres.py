@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from conftest import SMALL, make_tiny_gtzan, write_track
+from conftest import run as run_cli         # `run` here is the training-run fixture
 from test_teacher import TINY, random_teacher
-from tagger.cli import app
 from tagger.dataset import filtered_lists
 from tagger.decode import decode_excerpts
 from tagger.evaluate import evaluate_model
@@ -121,8 +120,7 @@ def test_a_wrong_teacher_file_is_one_error_line(data, tmp_path):
     wrong = random_teacher(tmp_path / "best_model.pth")        # not msd_fcn's sha256
     for command in (["train", str(data), "--out", str(tmp_path / "m.pt"), "--epochs", "1"],
                     ["evaluate", str(data), "--part", "all", "--report", str(tmp_path / "e")]):
-        result = CliRunner().invoke(app, [*command, "--teacher", str(wrong)])
-        assert result.exit_code == 1, result.output
+        result = run_cli(*command, "--teacher", wrong, ok=1)
         assert result.output.startswith("Error:") and result.output.count("\n") == 1
         assert "best_model.pth" in result.output and "sha256" in result.output
     assert not (tmp_path / "m.pt").exists()

@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import SMALL, TINY_GENRES, make_tiny_gtzan, write_track
+from conftest import SMALL, TINY_GENRES, make_tiny_gtzan, run, write_track
 from tagger.calibrate import UNCERTAIN_BELOW
 from tagger.checkpoint import load
 from tagger.classify import Classifier
-from tagger.cli import app
 from tagger.crawl import Candidate
 from tagger.dataset import (FeatureCache, filtered_lists, filtered_split, find_clips, fold_splits,
                             parse_list, parse_split, random_split)
@@ -212,30 +210,26 @@ def test_trained_checkpoint_round_trip(trained, tiny):
 
 def test_evaluate_command_scores_a_checkpoint_beside_the_baseline(trained, tiny, tmp_path):
     out, report = trained
-    result = CliRunner().invoke(app, ["evaluate", str(tiny), "--model", str(out), "--part", "test",
-                                      "--report", str(tmp_path / "eval")])
-    assert result.exit_code == 0, result.output
+    result = run("evaluate", tiny, "--model", out, "--part", "test", "--report", tmp_path / "eval")
     saved = json.loads((tmp_path / "eval.report.json").read_text())
-    run = report["runs"][0]
+    first = report["runs"][0]
     scored = {"evaluated_on", "evaluated_genres", "model", "baseline", "margin"}   # one schema
-    assert scored <= set(saved) and scored <= set(run)
+    assert scored <= set(saved) and scored <= set(first)
     for key in ("evaluated_genres", "model", "baseline", "margin"):
-        assert set(saved[key]) == set(run[key]), key
-    assert saved["model"]["confusion"] == run["model"]["confusion"]
-    assert saved["model"]["accuracy"] == pytest.approx(run["model"]["accuracy"])
-    assert saved["baseline"] == run["baseline"]
+        assert set(saved[key]) == set(first[key]), key
+    assert saved["model"]["confusion"] == first["model"]["confusion"]
+    assert saved["model"]["accuracy"] == pytest.approx(first["model"]["accuracy"])
+    assert saved["baseline"] == first["baseline"]
     assert saved["checkpoint"] == str(out) and saved["model_id"] == report["model_id"]
     assert (tmp_path / "eval.confusion.png").read_bytes()[:8] == PNG
     assert f"track accuracy {saved['model']['accuracy']:.3f}" in result.output
-    bad = CliRunner().invoke(app, ["evaluate", str(tiny), "--model", str(out), "--part", "nope"])
-    assert bad.exit_code == 1 and "Error: unknown part 'nope'" in bad.output
+    bad = run("evaluate", tiny, "--model", out, "--part", "nope", ok=1)
+    assert "Error: unknown part 'nope'" in bad.output
 
 
 def test_train_command_end_to_end(tiny, tmp_path):
     out = tmp_path / "m.pt"
-    result = CliRunner().invoke(app, ["train", str(tiny), "--out", str(out), "--epochs", "2",
-                                      "--split", "random", "--seed", "1"])
-    assert result.exit_code == 0, result.output
+    result = run("train", tiny, "--out", out, "--epochs", "2", "--split", "random", "--seed", "1")
     assert "split: random" in result.output and "Checkpoint:" in result.output
     assert "Clips of the split lists" not in result.output        # only the filtered split has lists
     provenance = load(out).provenance
@@ -251,23 +245,19 @@ def test_train_command_end_to_end(tiny, tmp_path):
     data = tmp_path / "more"
     shutil.copytree(tiny, data)
     write_track(data / "blues" / "blues.00099.wav", seconds=4.0, kind="tone", freq=300.0)
-    result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(out), "--part", "test",
-                                      "--report", str(tmp_path / "again")])
-    assert result.exit_code == 0, result.output
+    run("evaluate", data, "--model", out, "--part", "test", "--report", tmp_path / "again")
     saved = json.loads((tmp_path / "again.report.json").read_text())
     assert saved["model"]["tracks"] == len(provenance["parts"]["test"])
 
 
 def test_unusable_outputs_and_data_are_one_line_errors(tiny, tmp_path):
     (tmp_path / "afile").write_text("")
-    result = CliRunner().invoke(app, ["train", str(tiny), "--out", str(tmp_path / "afile" / "m.pt")])
-    assert result.exit_code == 1 and result.output.startswith("Error:") and "cannot write" in result.output
+    result = run("train", tiny, "--out", tmp_path / "afile" / "m.pt", ok=1)
+    assert result.output.startswith("Error:") and "cannot write" in result.output
     one_genre = tmp_path / "one"
     shutil.copytree(tiny / "blues", one_genre / "blues")
-    result = CliRunner().invoke(app, ["train", str(one_genre), "--out", str(tmp_path / "m.pt")])
-    assert result.exit_code == 1 and "only one genre (blues)" in result.output
-    result = CliRunner().invoke(app, ["train", str(tiny), "--seed", "-1"])
-    assert result.exit_code == 2
+    assert "only one genre (blues)" in run("train", one_genre, "--out", tmp_path / "m.pt", ok=1).output
+    run("train", tiny, "--seed", "-1", ok=2)
 
 
 def test_same_names_in_two_genre_folders_are_two_clips(tmp_path):
@@ -301,24 +291,21 @@ def test_split_all_trains_on_every_clip_for_exactly_the_epochs_given(tiny, tmp_p
     out = tmp_path / "all.pt"
     settings = TrainSettings(epochs=4, patience=1, min_epochs=1, crops_per_clip=1, batch_size=8)
     report = train(tiny, out, "all", ts=settings, ms=SMALL, device="cpu")
-    run = report["runs"][0]
-    assert run["parts"] == {"train": 45, "valid": 0, "test": 0} and run["evaluated_on"] is None
-    assert run["epochs_run"] == run["best_epoch"] == 4 and "model" not in run   # no early stop
+    only = report["runs"][0]
+    assert only["parts"] == {"train": 45, "valid": 0, "test": 0} and only["evaluated_on"] is None
+    assert only["epochs_run"] == only["best_epoch"] == 4 and "model" not in only   # no early stop
     ckpt = load(out)
     assert ckpt.provenance["split"] == "all" and "accuracy" not in ckpt.metrics
     assert out.with_name("all.curves.png").exists() and not out.with_name("all.confusion.png").exists()
-    result = CliRunner().invoke(app, ["evaluate", str(tiny), "--model", str(out)])
-    assert result.exit_code == 1 and "nothing is held out" in result.output
+    assert "nothing is held out" in run("evaluate", tiny, "--model", out, ok=1).output
 
 
 def test_split_all_takes_its_calibration_from_a_measuring_runs_report(trained, tiny, tmp_path):
     _, report = trained
     measured = trained[0].with_name("tiny.report.json")
     out = tmp_path / "all.pt"
-    result = CliRunner().invoke(app, ["train", str(tiny), "--out", str(out), "--epochs", "1",
-                                      "--split", "all", "--calibration-from", str(measured),
-                                      "--uncertain-below", "0.4"])
-    assert result.exit_code == 0, result.output
+    run("train", tiny, "--out", out, "--epochs", "1", "--split", "all", "--calibration-from",
+        measured, "--uncertain-below", "0.4")
     ms = load(out).model
     assert (ms.temperature, ms.uncertain_below) == (report["runs"][0]["calibration"]["temperature"], 0.4)
     bad = tmp_path / "bad.json"
@@ -328,8 +315,8 @@ def test_split_all_takes_its_calibration_from_a_measuring_runs_report(trained, t
     for args, message in ((["--split", "all", "--calibration-from", str(bad)], "not the .report.json"),
                           (["--split", "all", "--calibration-from", str(worse)], "not the .report.json"),
                           (["--calibration-from", str(measured)], "is for --split all")):
-        result = CliRunner().invoke(app, ["train", str(tiny), "--out", str(tmp_path / "x.pt"), *args])
-        assert result.exit_code == 1 and message in result.output, result.output
+        result = run("train", tiny, "--out", tmp_path / "x.pt", *args, ok=1)
+        assert message in result.output, result.output
 
 
 class StopAfter(Reporter):
@@ -362,14 +349,10 @@ def test_resume_continues_exactly_where_training_stopped(tiny, tmp_path):
 
 
 def test_bad_data_folders_give_one_line_errors(tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(app, ["train", str(tmp_path / "nowhere")])
-    assert result.exit_code == 1 and "not a folder" in result.output
+    assert "not a folder" in run("train", tmp_path / "nowhere", ok=1).output
     (tmp_path / "empty").mkdir()
-    result = runner.invoke(app, ["train", str(tmp_path / "empty")])
-    assert result.exit_code == 1 and "no audio clips with a genre" in result.output
-    result = runner.invoke(app, ["train", str(tmp_path / "empty"), "--split", "folds 1"])
-    assert result.exit_code == 1
+    assert "no audio clips with a genre" in run("train", tmp_path / "empty", ok=1).output
+    run("train", tmp_path / "empty", "--split", "folds 1", ok=1)
 
 
 def test_unreadable_clips_are_reported_and_training_goes_on(tiny, tmp_path):

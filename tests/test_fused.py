@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,6 @@ from tagger.dataset import find_clips
 from tagger.decode import decode_excerpts
 from tagger.errors import CheckpointError, UserError
 from tagger.evaluate import evaluate_model
-from tagger.features import FeatureSettings
 from tagger.model import GenreCRNN
 from tagger.recipe import TrainSettings
 from tagger.teacher import load_teacher, track_tags
@@ -65,7 +63,6 @@ def test_scan_and_evaluation_give_the_same_probabilities(fused, tmp_path):
     net = ckpt.build()
     tags = track_tags(net.teacher, [e.waveforms for e in excerpts], fs.sample_rate)
     from tagger.scoring import predict
-    from tagger.features import log_mel_segments  # noqa: F401 - the features scan computes
     from tagger.dataset import FeatureCache
     cache = FeatureCache(tmp_path / "cache", fs)
     evaluated = predict(net, [cache.get(c.path) for c in clips], fs, torch.device("cpu"), list(tags))

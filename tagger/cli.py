@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tagger import __version__
-from tagger.errors import DatabaseError, TaggerError, UserError
+from tagger.errors import DatabaseError, OutputError, TaggerError, UserError
 from tagger.genres import GENRES, normalise_genre
 from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings, default_cache_dir
 from tagger.index import ENV_VAR as DB_ENV_VAR, Index, check_existing, default_db_path
@@ -71,11 +71,13 @@ DeviceOption = Annotated[Device, typer.Option("--device", help="Where the model 
 
 def cli_errors(command):
     """Turn the project's own exceptions into one 'Error: ...' line and exit code 1, and an
-    immediate stop (a second Ctrl-C) into exit code 130."""
+    immediate stop (a second Ctrl-C) into exit code 130. Failed output is main()'s."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except OutputError:
+            raise
         except TaggerError as exc:
             err.print(f"[red]Error:[/red] {escape(output.display(str(exc) + _db_from_env(exc)))}",
                       highlight=False)
@@ -757,12 +759,28 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
     """Genre probabilities for a local music library, from the audio itself."""
 
 
+def output_failed(exc: OutputError) -> int:
+    """The exit status once stdout cannot be written. A reader that stopped reading
+    (`tagger query | head -1`) is no error: tagger ends quietly with 0, as ripgrep does,
+    so that a script with `set -o pipefail` goes on. (Not 141, the status of `ls | head`
+    killed by SIGPIPE: Python's io can report a write cut short by the closed pipe as a
+    success, so tagger could not give 141 every time.) A full disk: one "Error:" line, 1."""
+    output.discard_stdout()
+    if exc.errno == errno.EPIPE:
+        return 0
+    err.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)
+    return 1
+
+
 def main() -> None:
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     if codecs.lookup(encoding).name != "utf-8" and hasattr(sys.stdout, "reconfigure"):
         # LC_ALL=C or a latin-1 terminal: a file or genre name it cannot show gets "?"
         sys.stdout.reconfigure(errors="replace")
+    output.guard_stdout()
     try:
         app(prog_name="tagger")
+    except OutputError as exc:          # from any command, --version or --help
+        sys.exit(output_failed(exc))
     finally:    # a Ctrl-C while the interpreter exits (atexit, finalizers) ends it by SIGINT,
         signal.signal(signal.SIGINT, signal.SIG_DFL)    # not with a KeyboardInterrupt traceback

@@ -13,10 +13,10 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -70,8 +70,9 @@ DeviceOption = Annotated[Device, typer.Option("--device", help="Where the model 
 
 
 def cli_errors(command):
-    """Turn the project's own exceptions into one 'Error: ...' line and exit code 1, and an
-    immediate stop (a second Ctrl-C) into exit code 130. Failed output is main()'s."""
+    """Turn the project's own exceptions into one 'Error: ...' line and exit code 1, and a
+    Ctrl-C (in a command with no StopRequest: those stop_now) into exit code 130. Failed
+    output is main()'s."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -110,7 +111,7 @@ def existing_index(db: Path, read_only: bool = False) -> Index:
 
 class StopRequest:
     """The first Ctrl-C (or SIGTERM) asks the scan to stop decoding and store what it has
-    decoded; a second Ctrl-C stops at once (the open transaction is rolled back)."""
+    decoded; a second Ctrl-C stops at once, from then until tagger exits (see stop_now)."""
 
     message = "Stopping: storing what is already decoded... (Ctrl-C again to stop now)"
 
@@ -122,7 +123,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            stop_now()
         self.requested = True
         err.print(self.message)
 
@@ -133,6 +134,22 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, handler in self._old.items():
             signal.signal(s, handler)
+        if self.requested:          # while the command winds down, a Ctrl-C still stops it
+            signal.signal(signal.SIGINT, self._handle)     # at once (main() then lets SIGINT
+                                                           # end the process)
+
+
+def stop_now() -> NoReturn:
+    """A second Ctrl-C: "Stopped." and exit code 130, from the signal handler itself. Not a
+    KeyboardInterrupt: the handler runs wherever the main thread is, a multiprocessing
+    finaliser included (the pool's, as it closes), where an exception cannot propagate and
+    Python prints it as a traceback and goes on. What the open transaction wrote is lost
+    (SQLite keeps the index as it was, as after a kill); a copy that write-tags was editing
+    is removed by the next write-tags or restore-tags."""
+    with suppress(OSError):
+        # not through rich: the progress bar's thread may hold its lock
+        os.write(2, (b"\x1b[?25h\n" if err.is_terminal else b"") + b"Stopped.\n")
+    os._exit(130)
 
 
 def must_exist(paths: list[Path], missing: str) -> None:
@@ -772,12 +789,24 @@ def output_failed(exc: OutputError) -> int:
     return 1
 
 
+def _unraisable(hook):
+    """A Ctrl-C whose KeyboardInterrupt landed where it cannot propagate (a finaliser, such
+    as multiprocessing's while a decoder pool closes) stops tagger as one anywhere else does,
+    instead of being printed as a traceback and ignored."""
+    def handle(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            stop_now()
+        hook(unraisable)
+    return handle
+
+
 def main() -> None:
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     if codecs.lookup(encoding).name != "utf-8" and hasattr(sys.stdout, "reconfigure"):
         # LC_ALL=C or a latin-1 terminal: a file or genre name it cannot show gets "?"
         sys.stdout.reconfigure(errors="replace")
     output.guard_stdout()
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
     try:
         app(prog_name="tagger")
     except OutputError as exc:          # from any command, --version or --help

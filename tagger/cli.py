@@ -7,15 +7,16 @@ errors exit 2 (Typer's own). torch is imported only by commands that run the mod
 from __future__ import annotations
 
 import codecs
+import errno
 import functools
 import os
 import signal
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -27,7 +28,7 @@ from rich.text import Text
 
 from tagger import __version__, output
 from tagger.basics import DEVICES, available_cores
-from tagger.errors import DatabaseError, TaggerError, UserError
+from tagger.errors import DatabaseError, OutputError, TaggerError, UserError
 from tagger.genres import GENRES
 from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings, default_cache_dir
 from tagger.index import ENV_VAR as DB_ENV_VAR, default_db_path, existing_index
@@ -64,12 +65,15 @@ DeviceOption = Annotated[Device, typer.Option("--device", help="Where the model 
 
 
 def cli_errors(command):
-    """Turn the project's own exceptions into one 'Error: ...' line and exit code 1, and an
-    immediate stop (a second Ctrl-C) into exit code 130."""
+    """Turn the project's own exceptions into one 'Error: ...' line and exit code 1, and a
+    Ctrl-C (in a command with no StopRequest: those stop_now) into exit code 130. Failed
+    output is main()'s."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except OutputError:
+            raise
         except TaggerError as exc:
             err.print(f"[red]Error:[/red] {escape(output.display(str(exc) + _db_from_env(exc)))}",
                       highlight=False)
@@ -89,7 +93,7 @@ def _db_from_env(exc: TaggerError) -> str:
 
 class StopRequest:
     """The first Ctrl-C (or SIGTERM) asks the scan to stop decoding and store what it has
-    decoded; a second Ctrl-C stops at once (the open transaction is rolled back)."""
+    decoded; a second Ctrl-C stops at once, from then until tagger exits (see stop_now)."""
 
     message = "Stopping: storing what is already decoded... (Ctrl-C again to stop now)"
 
@@ -101,7 +105,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            stop_now()
         self.requested = True
         err.print(self.message)
 
@@ -112,6 +116,22 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, handler in self._old.items():
             signal.signal(s, handler)
+        if self.requested:          # while the command winds down, a Ctrl-C still stops it
+            signal.signal(signal.SIGINT, self._handle)     # at once (main() then lets SIGINT
+                                                           # end the process)
+
+
+def stop_now() -> NoReturn:
+    """A second Ctrl-C: "Stopped." and exit code 130, from the signal handler itself. Not a
+    KeyboardInterrupt: the handler runs wherever the main thread is, a multiprocessing
+    finaliser included (the pool's, as it closes), where an exception cannot propagate and
+    Python prints it as a traceback and goes on. What the open transaction wrote is lost
+    (SQLite keeps the index as it was, as after a kill); a copy that write-tags was editing
+    is removed by the next write-tags or restore-tags."""
+    with suppress(OSError):
+        # not through rich: the progress bar's thread may hold its lock
+        os.write(2, (b"\x1b[?25h\n" if err.is_terminal else b"") + b"Stopped.\n")
+    os._exit(130)
 
 
 class SpeedColumn(ProgressColumn):
@@ -695,12 +715,40 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
     """Genre probabilities for a local music library, from the audio itself."""
 
 
+def output_failed(exc: OutputError) -> int:
+    """The exit status once stdout cannot be written. A reader that stopped reading
+    (`tagger query | head -1`) is no error: tagger ends quietly with 0, as ripgrep does,
+    so that a script with `set -o pipefail` goes on. (Not 141, the status of `ls | head`
+    killed by SIGPIPE: Python's io can report a write cut short by the closed pipe as a
+    success, so tagger could not give 141 every time.) A full disk: one "Error:" line, 1."""
+    output.discard_stdout()
+    if exc.errno == errno.EPIPE:
+        return 0
+    err.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)
+    return 1
+
+
+def _unraisable(hook):
+    """A Ctrl-C whose KeyboardInterrupt landed where it cannot propagate (a finaliser, such
+    as multiprocessing's while a decoder pool closes) stops tagger as one anywhere else does,
+    instead of being printed as a traceback and ignored."""
+    def handle(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            stop_now()
+        hook(unraisable)
+    return handle
+
+
 def main() -> None:
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     if codecs.lookup(encoding).name != "utf-8" and hasattr(sys.stdout, "reconfigure"):
         # LC_ALL=C or a latin-1 terminal: a file or genre name it cannot show gets "?"
         sys.stdout.reconfigure(errors="replace")
+    output.guard_stdout()
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
     try:
         app(prog_name="tagger")
+    except OutputError as exc:          # from any command, --version or --help
+        sys.exit(output_failed(exc))
     finally:    # a Ctrl-C while the interpreter exits (atexit, finalizers) ends it by SIGINT,
         signal.signal(signal.SIGINT, signal.SIG_DFL)    # not with a KeyboardInterrupt traceback

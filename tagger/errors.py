@@ -42,3 +42,12 @@ class UserError(TaggerError):
 
 class TagError(TaggerError):
     """A file's tags cannot be read or written (unsupported, corrupt, read-only, vanished)."""
+
+
+class OutputError(TaggerError):
+    """stdout cannot be written: its reader is gone (a closed pipe, errno EPIPE), or the
+    disk is full (ENOSPC)."""
+
+    def __init__(self, exc: OSError):
+        super().__init__(f"cannot write the output ({exc.strerror or exc})")
+        self.errno = exc.errno

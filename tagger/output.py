@@ -3,21 +3,27 @@
 Machine formats go to stdout as bytes so that file names that are not valid UTF-8 survive:
 JSON escapes them (\\udcXX, which Python's json and os.fsencode turn back into the bytes),
 CSV and M3U write the raw bytes.
+
+Every write to stdout (these, the rich consoles', click's) raises OutputError when it fails
+(a closed pipe, a full disk), once the CLI has called guard_stdout: tagger.cli.main ends on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tagger.errors import OutputError
 from tagger.genres import DISPLAY_NAMES
 
 JSON_KEYS = ("path", "genre", "confidence", "probabilities", "model_id", "error", "uncertain")
@@ -42,10 +48,57 @@ def glyph(console: Console, fancy: str, plain: str) -> str:
     return fancy
 
 
+@contextlib.contextmanager
+def _stdout_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(exc) from None
+
+
+class _Guarded:
+    """A text stream whose failed writes raise OutputError (which neither rich nor click
+    takes for theirs: on a closed pipe they would end the process with exit code 1)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        with _stdout_errors():
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with _stdout_errors():
+            self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def guard_stdout() -> None:
+    """Make every failed write to sys.stdout an OutputError."""
+    if not isinstance(sys.stdout, _Guarded):
+        sys.stdout = _Guarded(sys.stdout)
+
+
+def discard_stdout() -> None:
+    """Once stdout has failed: what is still buffered for it goes to /dev/null, so that
+    Python's flush at exit cannot fail again ("Exception ignored ... BrokenPipeError"; see
+    the note on SIGPIPE in the docs of Python's signal module)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):          # not a file (CliRunner's)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def _write(text: str) -> None:
-    sys.stdout.flush()
-    sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
-    sys.stdout.buffer.flush()
+    with _stdout_errors():
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+        sys.stdout.buffer.flush()
 
 
 def record(row: dict) -> dict:

@@ -28,7 +28,7 @@ import shutil
 import stat
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import mutagen
@@ -235,24 +235,47 @@ def _wrap(path: str, exc: Exception) -> TagError:
     return TagError(reason, path)
 
 
+@contextlib.contextmanager
+def _mutagen(path: str, doing: str = "read") -> Iterator[None]:
+    """Around calls into mutagen (and only those): what it raises becomes a TagError, the
+    file's skip reason. Its own errors (MutagenError, with a full disk as the cause) and
+    OSError say why; anything else it raises on a damaged file (an Ogg Vorbis comment header
+    cut at its framing byte: IndexError; struct.error, ValueError...) is named in one line,
+    as mediafile's wrapper does. A MemoryError is not the file's fault and goes on up, as a
+    KeyboardInterrupt (not an Exception) does."""
+    try:
+        yield
+    except (mutagen.MutagenError, OSError) as exc:
+        raise _wrap(path, exc) from None
+    except MemoryError:
+        raise
+    except Exception as exc:        # noqa: BLE001 - a mutagen bug on a damaged file
+        said = " ".join(str(exc).split())[:200]
+        raise TagError(f"mutagen cannot {doing} its tags ({type(exc).__name__}"
+                       f"{': ' + said if said else ''})", path) from None
+
+
+def _open(path: str, kind: type | None = None, **options):
+    """mutagen's file object: of type `kind`, else the type mutagen tells (None if none)."""
+    with _mutagen(path):
+        return kind(path, **options) if kind else mutagen.File(path)
+
+
 def _load(path: str, kind: type | None = None):
     """(mutagen file opened for editing, its field table, the genres a reader sees).
     `kind` forces the file type (a temporary copy has no telling extension). ID3 tags are
     loaded as they are on disk: without ID3v1's fields merged in and without frames
     translated to another version, so that saving rewrites them unchanged."""
-    try:
-        f = kind(path) if kind else mutagen.File(path)
-        if f is None:
-            raise TagError("not a file format tagger can tag", path)
-        table = FORMATS.get(type(f))
-        if table is None:
-            raise TagError(f"writing tags to {type(f).__name__} files is not supported", path)
-        seen = table.genres(f.tags) if f.tags is not None else []
-        if table is ID3_FIELDS:
-            f = type(f)(path, load_v1=False, translate=False)
-        return f, table, seen
-    except (mutagen.MutagenError, OSError) as exc:
-        raise _wrap(path, exc) from None
+    f = _open(path, kind)
+    if f is None:
+        raise TagError("not a file format tagger can tag", path)
+    table = FORMATS.get(type(f))
+    if table is None:
+        raise TagError(f"writing tags to {type(f).__name__} files is not supported", path)
+    seen = table.genres(f.tags) if f.tags is not None else []
+    if table is ID3_FIELDS:
+        f = _open(path, type(f), load_v1=False, translate=False)
+    return f, table, seen
 
 
 def _state(f, table, seen: list[str]) -> TagState:
@@ -375,9 +398,11 @@ def _edit_tags(path: str, pairs: Pairs, custom_too: bool, asked: int | None, bac
             _write_id3(temp, f, state, pairs, custom_too, version, backup)
         else:
             if f.tags is None:
-                f.add_tags()
+                with _mutagen(temp, "write"):
+                    f.add_tags()
             table.put(f.tags, pairs, custom_too, backup)
-            f.save(temp)
+            with _mutagen(temp, "write"):
+                f.save(temp)
         verify(path, temp, kept + list(pairs), version, kind)
     return replace_safely(path, edit, before_replace)
 
@@ -402,15 +427,18 @@ def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, ve
                                                    base64.b64decode(data), version))
             else:
                 at = drop.index(True) - sum(drop[:drop.index(True)]) if any(drop) else len(frames)
-                new = [_raw_frame(fr, version) for fr in _id3_frames(pairs, backup)]
+                with _mutagen(temp, "write"):
+                    new = [_raw_frame(fr, version) for fr in _id3_frames(pairs, backup)]
                 frames[at:at] = [fr for fr in new if fr is not None]
             tag.frames = frames
             body, flags = tag.body(), tag.flags
         else:
             _convertible(tag, f.tags, version)
-            _convert(f.tags, version)       # first: it rewrites "(17)" genres as "Rock"
+            with _mutagen(temp, "write"):
+                _convert(f.tags, version)   # first: it rewrites "(17)" genres as "Rock"
             ID3_FIELDS.put(f.tags, pairs, custom_too, backup)
-            body, flags = bytes(f.tags._write(ID3SaveConfig(version, "/"))), 0
+            with _mutagen(temp, "write"):
+                body, flags = bytes(f.tags._write(ID3SaveConfig(version, "/"))), 0
         if backup is not None and not backup["tagged"] and not body:
             id3raw.write(fh, place, None, unpadded=backup.get("unpadded", False))
             return
@@ -475,7 +503,7 @@ def verify(original: str, copy_: str, expected: Pairs, version: int | None = Non
     if table is ID3_FIELDS:
         _verify_id3(original, copy_, kind, version)
         return
-    a, b = _others(kind(original)), _others(kind(copy_))
+    a, b = _others(_open(original, kind)), _others(_open(copy_, kind))
     if "vendor" in b and "vendor" not in a:       # a new comment block: mutagen's own vendor
         a.update(vendor=b["vendor"], comments=[])
     if a != b:
@@ -523,9 +551,10 @@ def _difference(mine: list, theirs: list) -> str:
 def _view(path: str, kind: type, version: int) -> list:
     """The frames other than tagger's as mutagen reads them, converted as tagger converts
     them to v2.`version` (_convert) and as saving at that version writes them."""
-    tags = kind(path, load_v1=False, translate=False).tags or ID3Tags()
+    tags = _open(path, kind, load_v1=False, translate=False).tags or ID3Tags()
     if tags.version[1] != version:
-        _convert(tags, version)
+        with _mutagen(path):
+            _convert(tags, version)
     frames = [fr._get_v23_frame(sep="/") if version == 3 else fr for fr in tags.values()
               if not _managed(fr)]
     return sorted(id3raw.Frame(fr.FrameID, b"", _content(fr).encode()) for fr in frames)
@@ -610,7 +639,7 @@ def replace_safely(path: str, edit: Callable[[str], None],
         temp = None
         _fsync_folder(folder)
         return os.stat(real)
-    except (OSError, mutagen.MutagenError) as exc:     # mutagen's save fails as its own error
+    except OSError as exc:
         raise _wrap(path, exc) from None
     except id3raw.Unsupported as exc:
         raise TagError(f"{exc}; left unchanged", path) from None

@@ -275,6 +275,79 @@ def test_a_failed_save_is_a_tag_error_with_the_reason(lib, originals, monkeypatc
     assert sorted(p.name for p in lib.iterdir()) == sorted(originals)
 
 
+
+def cut_at_the_framing_byte(path: Path) -> Path:
+    """Cut an Ogg Vorbis comment header at its framing byte, in place: mutagen
+    then fails with IndexError, not one of its own errors."""
+    from mutagen.ogg import OggPage
+    with open(path, "rb+") as fh:
+        OggPage(fh)                                    # the identification header
+        old = [OggPage(fh)]
+        while not old[-1].complete:
+            old.append(OggPage(fh))
+        packets = OggPage.to_packets(old)
+        comments = packets[0]
+        assert comments.startswith(b"\x03vorbis")
+        at = 7 + 4 + int.from_bytes(comments[7:11], "little")      # past the vendor string
+        count, at = int.from_bytes(comments[at:at + 4], "little"), at + 4
+        for _ in range(count):
+            at += 4 + int.from_bytes(comments[at:at + 4], "little")
+        assert comments[at] == 1                        # the framing byte (padding may follow)
+        new = OggPage.from_packets([comments[:at], *packets[1:]], old[0].sequence)
+        for page in new:
+            page.serial = old[0].serial
+        OggPage.replace(fh, old, new)
+    return path
+
+
+def test_any_exception_mutagen_raises_is_a_tag_error(lib):
+    path = cut_at_the_framing_byte(lib / "tagged.ogg")
+    with pytest.raises(IndexError):
+        mutagen.File(path)
+    with pytest.raises(tags.TagError) as info:
+        tags.read(str(path))
+    assert (info.value.path, info.value.reason) == (
+        str(path), "mutagen cannot read its tags (IndexError: bytearray index out of range)")
+
+
+def test_an_exception_from_a_mutagen_save_is_a_tag_error(lib, originals, monkeypatch):
+    """Whatever mutagen raises while saving is the file's skip reason."""
+    import struct
+    from mutagen.oggvorbis import OggVorbis
+
+    def damaged(self, *args, **kwargs):
+        raise struct.error("unpack requires a buffer of 27 bytes")
+
+    monkeypatch.setattr(OggVorbis, "save", damaged)
+    path = lib / "tagged.ogg"
+    with pytest.raises(tags.TagError) as info:
+        tags.write_fields(str(path), [("GENRE", "Jazz")], custom_too=False)
+    assert info.value.reason == ("mutagen cannot write its tags "
+                                 "(error: unpack requires a buffer of 27 bytes)")
+    assert path.read_bytes() == originals["tagged.ogg"].read_bytes()
+    assert sorted(p.name for p in lib.iterdir()) == sorted(originals)
+
+
+def test_a_bug_in_tagger_or_a_memory_error_is_not_a_skip_reason(lib, monkeypatch):
+    """Only what mutagen raises becomes a skip reason: tagger's own errors, and a
+    MemoryError from anywhere, still stop the command."""
+    from mutagen.oggvorbis import OggVorbis
+
+    def bug(self, *args, **kwargs):
+        raise ZeroDivisionError("tagger's own bug")
+
+    monkeypatch.setattr(tags._VorbisFields, "put", bug)
+    with pytest.raises(ZeroDivisionError):
+        tags.write_fields(str(lib / "tagged.ogg"), [("GENRE", "Jazz")], custom_too=False)
+    monkeypatch.undo()
+
+    def out_of_memory(self, *args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(OggVorbis, "load", out_of_memory)
+    with pytest.raises(MemoryError):
+        tags.read(str(lib / "tagged.ogg"))
+
 # -- the commands -------------------------------------------------------------------------------
 
 def test_dry_run_prints_old_and_new_and_touches_nothing(lib, originals, db):
@@ -359,6 +432,24 @@ def test_a_failed_save_skips_the_file_and_goes_on(lib, originals, db, monkeypatc
     assert (lib / "picture.flac").read_bytes() == originals["picture.flac"].read_bytes()
     assert genres_of(lib / "plain.mp3") == ["Hip-Hop"]
 
+
+
+def test_a_file_that_makes_mutagen_fail_any_way_is_skipped_and_the_run_goes_on(lib, originals, db):
+    damaged = cut_at_the_framing_byte(lib / "tagged.ogg")
+    index_as_scanned(db, [damaged])
+    result = run("write-tags", "--db", db, "--overwrite")
+    reason = "mutagen cannot read its tags (IndexError: bytearray index out of range)"
+    assert result.stderr == f"{damaged}: {reason}\n"
+    assert "Wrote genres to 15 files: 0 unchanged, 0 below 50% confidence, 1 skipped." in result.stdout
+    assert "  unreadable or unwritable: 1\n" in result.stdout
+    assert genres_of(lib / "tagged.opus") == genres_of(lib / "v23.mp3") == ["Hip-Hop"]
+
+    written = cut_at_the_framing_byte(lib / "plain.ogg")     # damaged after write-tags
+    result = run("restore-tags", "--db", db)
+    assert result.stderr == f"{written}: {reason}\n"
+    assert "Restored 14 files: 0 unchanged, 1 skipped." in result.stdout
+    for name in set(originals) - {"plain.ogg", "tagged.ogg"}:
+        assert snapshot(lib / name) == snapshot(originals[name]), name
 
 def test_scan_after_write_tags_classifies_nothing_again(lib, originals, model_path, tmp_path):
     db = tmp_path / "scanned.db"

@@ -381,6 +381,7 @@ def train(
     Example: [bold]tagger train gtzan/genres --out models/mine.pt[/bold]
     """
     from tagger.dataset import parse_split
+    from tagger.reports import read_calibration
     from tagger.train import resume_path, train as run_training
 
     kind, folds = parse_split(split)
@@ -409,24 +410,6 @@ def train(
             err.print("Interrupted before the first epoch ended; nothing to resume.")
         raise typer.Exit(130)
     print_training_summary(report, out)
-
-
-def read_calibration(report: Optional[Path]) -> tuple[float, float] | None:
-    """(temperature, cnn_weight) of a training report's single run, or None."""
-    if report is None:
-        return None
-    import json
-    try:
-        c = json.loads(report.read_text())["runs"][0]["calibration"]
-        temperature, weight = float(c["temperature"]), float(c["cnn_weight"])
-        if not (0.05 <= temperature <= 20 and 0 <= weight <= 1):
-            raise ValueError("out of range")
-        return temperature, weight
-    except OSError as exc:
-        raise UserError(f"{report}: cannot read the report ({exc.strerror})") from None
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise UserError(f"{report}: not the .report.json of a training run with a calibration "
-                        "(one made with --split filtered or random)") from None
 
 
 def print_training_summary(report: dict, checkpoint: Path) -> None:

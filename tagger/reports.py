@@ -110,3 +110,20 @@ def writable_folder(folder: Path, what: str) -> None:
             pass
     except OSError as exc:
         raise UserError(f"{folder}: cannot write {what} there ({exc.strerror or exc})") from None
+
+
+def read_calibration(report: Path | None) -> tuple[float, float] | None:
+    """(temperature, cnn_weight) of a training report's single run, or None."""
+    if report is None:
+        return None
+    try:
+        c = json.loads(Path(report).read_text())["runs"][0]["calibration"]
+        temperature, weight = float(c["temperature"]), float(c["cnn_weight"])
+        if not (0.05 <= temperature <= 20 and 0 <= weight <= 1):
+            raise ValueError("out of range")
+        return temperature, weight
+    except OSError as exc:
+        raise UserError(f"{report}: cannot read the report ({exc.strerror})") from None
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise UserError(f"{report}: not the .report.json of a training run with a calibration "
+                        "(one made with --split filtered or random)") from None

@@ -27,11 +27,10 @@ from rich.table import Table
 from rich.text import Text
 
 from tagger import __version__, output
-from tagger.basics import DEVICES, available_cores
+from tagger.basics import DB_ENV_VAR, DEVICES, available_cores, default_db_path
 from tagger.errors import DatabaseError, OutputError, TaggerError, UserError
 from tagger.genres import GENRES
 from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings, default_cache_dir
-from tagger.index import ENV_VAR as DB_ENV_VAR, default_db_path, existing_index
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -243,6 +242,7 @@ def query(
 
     Example: [bold]tagger query --genre jazz --min-confidence 0.6 --format m3u > jazz.m3u[/bold]
     """
+    from tagger.index import existing_index
     with existing_index(db, read_only=True) as index:
         rows = index.query(genre, min_confidence, failed=failed, uncertain=uncertain, limit=limit)
         if fmt is ListFormat.json:

@@ -25,18 +25,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-import platformdirs
 import sqlite_utils
 
+from tagger.basics import DB_ENV_VAR as ENV_VAR, default_db_path
 from tagger.errors import DatabaseError, UserError
 from tagger.genres import GENRES, genre_key
 
 SCHEMA_VERSION = 4
-ENV_VAR = "TAGGER_DB"
-
-
-def default_db_path() -> Path:
-    return Path(platformdirs.user_data_dir("tagger")) / "index.db"
 
 
 def db_path(db: str | os.PathLike | None = None) -> Path:

@@ -109,7 +109,10 @@ try:
     tagger.cli.main()
 except SystemExit:
     pass
-heavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{'torch', 'av', 'librosa', 'torchaudio'}})
+heavy = {{'torch', 'av', 'librosa', 'torchaudio'}}
+if '--help' in sys.argv:            # help reads no index either
+    heavy |= {{'numpy', 'sqlite_utils'}}
+heavy = sorted({{m.split('.')[0] for m in sys.modules}} & heavy)
 print('HEAVY', heavy, file=sys.stderr)
 """
 

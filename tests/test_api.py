@@ -148,3 +148,14 @@ def test_the_readme_example_runs(library, tmp_path):
                           cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     assert song.name in done.stdout
+
+
+def test_the_readme_one_liner_runs(tmp_path):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    line = next(l.strip() for l in readme.splitlines() if l.strip().startswith('python -c "import tagger'))
+    code = line[len('python -c "'):-1]
+    write_track(tmp_path / "x.flac", seconds=3, kind="tone")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"Prediction(path='{tmp_path / 'x.flac'}', status='ok'")

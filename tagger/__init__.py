@@ -1,6 +1,6 @@
 """tagger: genre probabilities for a local music library, from the audio itself.
 
-The Python API (see the README's "Python API"): load_model, Model, Prediction, scan,
+The Python API (see the README's "Python API"): load_model, Model, Prediction, scan, prune,
 ScanStats, Index, write_tags, restore_tags, TagOptions, TagStats, and the errors they raise
 (TaggerError and its kinds). Importing tagger imports none of them until first used, so
 that scripts and the light commands start fast; torch loads with the first model.
@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load_model": "tagger.api", "Model": "tagger.api", "Prediction": "tagger.api",
-    "scan": "tagger.api", "ScanStats": "tagger.scanner",
+    "scan": "tagger.api", "prune": "tagger.api", "ScanStats": "tagger.scanner",
     "Index": "tagger.index", "TrackResult": "tagger.index",
     "write_tags": "tagger.writetags", "restore_tags": "tagger.writetags",
     "TagOptions": "tagger.writetags", "TagStats": "tagger.writetags", "Outcome": "tagger.writetags",
@@ -39,7 +39,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from tagger.api import Model, Prediction, load_model, scan
+    from tagger.api import Model, Prediction, load_model, prune, scan
     from tagger.errors import (CheckpointError, DatabaseError, DecodeError, TagError,
                                TaggerError, UserError)
     from tagger.genres import GENRES

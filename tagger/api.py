@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from tagger.basics import available_cores
 from tagger.errors import UserError
-from tagger.index import Index, Status, TrackResult
+from tagger.index import Index, Pruned, Status, TrackResult, existing_index
 from tagger.modelfile import resolve_model
 
 if TYPE_CHECKING:                   # torch is imported when a model is loaded, not before
@@ -138,8 +138,8 @@ def check_paths(paths: Sequence[PathLike], missing: str) -> None:
 
 def scan(paths: Sequence[PathLike], db: PathLike | None = None,
          model: Model | PathLike | None = None, *, exclude: Sequence[str] = (),
-         force: bool = False, workers: int | None = None, batch_size: int = 16,
-         device: str = "auto", on_start: Callable[[int], None] | None = None,
+         force: bool = False, prune: bool = True, workers: int | None = None,
+         batch_size: int = 16, device: str = "auto", on_start: Callable[[int], None] | None = None,
          on_result: Callable[[TrackResult], None] | None = None,
          should_stop: Callable[[], bool] | None = None) -> ScanStats:
     """Classify every audio file under `paths` (folders or files) into the index `db`
@@ -147,18 +147,20 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
     unchanged since the index saw it (same path, size, modification time and model) is not
     opened, and the model is only loaded when there is something to classify. `model`: a
     Model, a checkpoint path or a shipped model's name (default: the shipped default).
-    `exclude`: globs of names or full paths to skip. on_start(n) is called with the number of
-    files to classify; on_result(result) with each file's TrackResult once stored. When
-    should_stop() turns true, what is already decoded is classified and stored, and the
+    `exclude`: globs of names or full paths to skip. Files are stored by their real path
+    (symlinks resolved); a file moved or renamed since (same size and fingerprint) keeps its
+    row; with `prune`, the rows of files under `paths` that are no longer on disk are removed
+    (see prune; not under a folder where nothing was found). on_start(n) is called with the
+    number of files to classify; on_result(result) with each file's TrackResult once stored.
+    When should_stop() turns true, what is already decoded is classified and stored, and the
     returned stats say interrupted."""
     from tagger import scanner
     check_paths(paths, "no such file or folder")
     model_path, model_id = ((model.path, model.model_id) if isinstance(model, Model) else
                             resolve_model(None if model is None else Path(os.fspath(model))))
     with Index(db) as index, index.writer_lock():
-        todo, unchanged = scanner.plan(index, [os.fspath(p) for p in paths], model_id, exclude,
-                                       force)
-        stats = scanner.ScanStats(unchanged=unchanged)
+        todo, stats = scanner.plan(index, [os.fspath(p) for p in paths], model_id, exclude,
+                                   force, prune)
         if on_start:
             on_start(len(todo))
         if todo:
@@ -168,3 +170,14 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
                              batch_size=batch_size, on_result=on_result or (lambda r: None),
                              should_stop=should_stop or (lambda: False), stats=stats)
     return stats
+
+
+def prune(paths: Sequence[PathLike] = (), db: PathLike | None = None, *,
+          dry_run: bool = False) -> Pruned:
+    """Remove from the index `db` the tracks under `paths` (default: all) whose files are no
+    longer on disk, as `tagger prune` does, without scanning; a path may itself be gone.
+    Undo records are kept (restore-tags puts the tags back if a file returns). Returns the
+    removed paths (in a dry run, those that would be) and how many of them have an undo
+    record."""
+    with existing_index(db) as index, index.writer_lock():
+        return index.prune([os.path.abspath(p) for p in paths], dry_run=dry_run)

@@ -145,6 +145,9 @@ def scan(
     db: DbOption = default_db_path(),
     model: ModelOption = None,
     force: Annotated[bool, typer.Option("--force", help="Re-classify unchanged tracks too.")] = False,
+    prune: Annotated[bool, typer.Option(
+        "--prune/--no-prune", help="Remove from the index the tracks under PATHS that are no "
+                                   "longer on disk (see tagger prune).")] = True,
     exclude: Annotated[list[str], typer.Option("--exclude", metavar="GLOB",
                        help="Skip files or folders matching GLOB (name or full path); repeatable.")] = [],
     workers: Annotated[int, typer.Option("--workers", min=0,
@@ -155,7 +158,9 @@ def scan(
     """Classify every audio file under PATHS into the index.
 
     Unchanged files (same path, size, modification time and model) are skipped without being
-    opened. Unreadable files are recorded as failures and the scan goes on.
+    opened; a moved or renamed file keeps its prediction, and a touched one (same content)
+    is unchanged. Files are stored by their real path (symlinks resolved). Unreadable files
+    are recorded as failures and the scan goes on.
 
     Example: [bold]tagger scan ~/Music --exclude '*/Podcasts/*'[/bold]
     """
@@ -184,7 +189,7 @@ def scan(
                                        highlight=False, markup=False)
             progress.advance(task)
 
-        stats = api.scan(paths, db, model, exclude=exclude, force=force, workers=workers,
+        stats = api.scan(paths, db, model, exclude=exclude, force=force, prune=prune, workers=workers,
                          batch_size=batch_size, device=device.value, on_start=on_start,
                          on_result=on_result, should_stop=stop)
     print_summary(stats, time.monotonic() - started, db)
@@ -203,6 +208,14 @@ def print_summary(stats, seconds: float, db: Path) -> None:
               highlight=False)
     if stats.failed or stats.silent:
         out.print("List them with: tagger query --failed", highlight=False)
+    if stats.moved:
+        out.print(f"{stats.moved} moved or renamed: kept their predictions.", highlight=False)
+    if stats.removed:
+        out.print(f"{stats.removed} removed: no longer on disk.", highlight=False)
+    for root in stats.not_pruned:
+        out.print(f"Not pruned: no audio files found under {output.display(root)} (a disk not "
+                  f"mounted?); its tracks stay in the index until `tagger prune` is run on it.",
+                  highlight=False, markup=False)
     if stats.uncertain_below and stats.classified:
         out.print(f"{stats.uncertain} uncertain (top genre below {stats.uncertain_below:.0%})"
                   + (". List them with: tagger query --uncertain" if stats.uncertain else "."),
@@ -643,6 +656,35 @@ def restore_tags(
     from tagger.writetags import restore_tags as restore
     stats = run_tag_command("Restoring tags", dry_run, restore, paths or [], db, dry_run=dry_run)
     print_tag_summary(stats, "Would restore" if dry_run else "Restored")
+
+
+@app.command()
+@cli_errors
+def prune(
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        help="Only tracks under these folders (or these files). \\[default: the whole index]",
+        show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; "
+                                                             "change nothing.")] = False,
+    db: DbOption = default_db_path(),
+) -> None:
+    """Remove from the index the tracks whose files are no longer on disk, without scanning.
+
+    Undo records are kept: if a file comes back (a backup copy), restore-tags still puts its
+    old tags back. `tagger scan` prunes the folders it scans by itself.
+
+    Example: [bold]tagger prune ~/Music --dry-run[/bold]
+    """
+    from tagger import api
+    result = api.prune(paths or [], db, dry_run=dry_run)
+    if dry_run:
+        for path in result.removed:
+            out.print(output.display(path), highlight=False, markup=False)
+    out.print(f"{'Would remove' if dry_run else 'Removed'} {len(result.removed)} tracks: no "
+              "longer on disk.", highlight=False)
+    if result.undo_kept:
+        out.print(f"Kept {result.undo_kept} undo record(s) of those files: restore-tags puts "
+                  "their old tags back if they return.", highlight=False)
 
 
 @app.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -22,6 +23,29 @@ class Candidate:
     size: int
     mtime_ns: int
     error: str | None = None   # why it cannot be read (a path too long): a failure, not a track
+
+
+def real_path(path: str, folders: dict[str, str] | None = None) -> str:
+    """The one path the index keeps for a file: symlinks resolved (os.path.realpath), and the
+    name in Unicode's NFC form where the file system gives the same file under both forms
+    (macOS); a file system that keeps NFC and NFD names apart (Linux) keeps the name as is.
+    `folders` caches the real paths of folders across calls (a walk's files share them)."""
+    folder, name = os.path.split(path)
+    if folders is None:
+        folders = {}
+    if (real_folder := folders.get(folder)) is None:
+        real_folder = folders[folder] = os.path.realpath(folder)
+    real = os.path.join(real_folder, name)
+    if os.path.islink(real):
+        real = os.path.realpath(real)
+    nfc = unicodedata.normalize("NFC", real)
+    if nfc != real:
+        try:
+            if os.path.samefile(nfc, real):
+                return nfc
+        except (OSError, ValueError):
+            pass
+    return real
 
 
 def _excluded(path: str, patterns: Iterable[str]) -> bool:

@@ -92,6 +92,7 @@ class Excerpts:
     source_sample_rate: int
     source_channels: int
     decoded_seconds: float = 0.0  # source audio actually decoded: the cost of this call
+    fingerprint: str | None = None  # tagger.fingerprint of the file (the scan's workers take it)
 
 
 class _Window:

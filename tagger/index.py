@@ -18,7 +18,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,9 +29,10 @@ import sqlite_utils
 
 from tagger.basics import DB_ENV_VAR as ENV_VAR, default_db_path
 from tagger.errors import DatabaseError, UserError
+from tagger.fingerprint import fingerprint
 from tagger.genres import GENRES, genre_key
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def db_path(db: str | os.PathLike | None = None) -> Path:
@@ -69,6 +70,7 @@ class TrackResult:
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     duration: float | None = None
+    fingerprint: str | None = None      # tagger.fingerprint of the file that was decoded
 
     @property
     def genre(self) -> str | None:
@@ -82,6 +84,47 @@ class TrackResult:
                 "probabilities": dict(sorted(self.probabilities.items(), key=lambda kv: -kv[1])),
                 "model_id": self.model_id, "error": self.error, "status": self.status,
                 "uncertain": is_uncertain(confidence, uncertain_below)}
+
+
+@dataclass(frozen=True)
+class Known:
+    """A track row as the scan's plan sees it."""
+    id: int
+    size: int
+    mtime_ns: int
+    model_id: str
+    status: Status
+    fingerprint: str | None
+
+
+@dataclass
+class Pruned:
+    """What prune removed (or, in a dry run, would): the files' paths, and how many of them
+    have an undo record, which is kept."""
+    removed: list[str]
+    undo_kept: int = 0
+
+
+def under(path: str, roots: Sequence[str]) -> bool:
+    """True if path is one of roots or inside one (roots absolute; none means all)."""
+    return not roots or any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def with_real(roots: Sequence[str]) -> list[str]:
+    """The roots and their real paths: a folder reached through a symlink is the same folder,
+    whichever of its paths the index holds."""
+    return list(dict.fromkeys([*roots, *map(os.path.realpath, roots)]))
+
+
+def gone(path: str) -> bool:
+    """True if no file is at path any more (not: it cannot be looked at)."""
+    try:
+        os.stat(path)
+        return False
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
 
 
 def is_uncertain(confidence: float | None, uncertain_below: float) -> bool:
@@ -155,7 +198,15 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
                         not_null={"uncertain_below"})
 
 
-MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]   # MIGRATIONS[i] takes the schema from version i to i + 1
+def _migrate_5(db: sqlite_utils.Database) -> None:
+    """Each track's content fingerprint (tagger.fingerprint), by which a moved file or a bare
+    touch is recognised; older rows have none (NULL) until their file changes or is classified
+    again. Candidates for a move are looked up by size."""
+    db["tracks"].add_column("fingerprint", str)
+    db["tracks"].create_index(["size"])
+
+
+MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5]   # MIGRATIONS[i] takes the schema from version i to i + 1
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -456,13 +507,15 @@ class Index:
                 genre = r.genre
                 self.db.execute(
                     "INSERT INTO tracks (path, size, mtime_ns, model_id, status, genre, confidence,"
-                    " error, duration, scanned_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                    " error, duration, scanned_at, fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
                     " ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
                     " model_id=excluded.model_id, status=excluded.status, genre=excluded.genre,"
                     " confidence=excluded.confidence, error=excluded.error,"
-                    " duration=excluded.duration, scanned_at=excluded.scanned_at",
+                    " duration=excluded.duration, scanned_at=excluded.scanned_at,"
+                    " fingerprint=excluded.fingerprint",
                     [key, r.size, r.mtime_ns, r.model_id, r.status, genre,
-                     r.probabilities[genre] if genre else None, r.error, r.duration, now])
+                     r.probabilities[genre] if genre else None, r.error, r.duration, now,
+                     r.fingerprint])
                 track_id = self.db.execute("SELECT id FROM tracks WHERE path = ?", [key]).fetchone()[0]
                 self.db.execute("DELETE FROM probabilities WHERE track_id = ?", [track_id])
                 self.db.conn.executemany(
@@ -560,11 +613,92 @@ class Index:
 
     @_sqlite_errors
     def moved_on(self, path: str, old: tuple[int, int], new: tuple[int, int]) -> None:
-        """After tagger rewrote a file's tags (not its audio): record its new size and mtime,
-        so that the next scan does not classify it again, but only if the index was current
-        for the old version of the file."""
-        self._write("UPDATE tracks SET size = ?, mtime_ns = ? WHERE path = ? AND size = ?"
-                    " AND mtime_ns = ?", [*new, to_db_path(path), *old])
+        """After tagger rewrote a file's tags (not its audio), or a touch changed only its
+        mtime: record its new size, mtime and fingerprint, so that the next scan does not
+        classify it again, but only if the index was current for the old version of the file."""
+        self._write("UPDATE tracks SET size = ?, mtime_ns = ?, fingerprint = ? WHERE path = ?"
+                    " AND size = ? AND mtime_ns = ?",
+                    [*new, fingerprint(path), to_db_path(path), *old])
+
+    @_sqlite_errors
+    def same_content(self, path: str, st: os.stat_result) -> bool:
+        """True if the file at path (stat st) has the size and fingerprint the index holds
+        for it: a file whose mtime alone changed (a bare touch) is the one classified."""
+        row = self.db.execute("SELECT size, fingerprint FROM tracks WHERE path = ?",
+                              [to_db_path(path)]).fetchone()
+        return (row is not None and row[1] is not None and row[0] == st.st_size
+                and fingerprint(path) == row[1])
+
+    # The index follows the library: rows follow moved files (move), a touch moves a
+    # row on (touched), and prune drops the rows of files no longer on disk.
+
+    @_sqlite_errors
+    def known(self, path: str) -> Known | None:
+        """What the index holds about the file at path, or None."""
+        row = self.db.execute("SELECT id, size, mtime_ns, model_id, status, fingerprint FROM tracks"
+                              " WHERE path = ?", [to_db_path(path)]).fetchone()
+        return Known(*row) if row else None
+
+    @_sqlite_errors
+    def of_size(self, size: int) -> list[tuple[int, str, str]]:
+        """(id, path, fingerprint) of the fingerprinted rows of files of this size."""
+        return [(i, from_db_path(p), f) for i, p, f in self.db.execute(
+            "SELECT id, path, fingerprint FROM tracks WHERE size = ? AND fingerprint IS NOT NULL",
+            [size])]
+
+    @_sqlite_errors
+    def touched(self, track_id: int, mtime_ns: int) -> None:
+        self._write("UPDATE tracks SET mtime_ns = ? WHERE id = ?", [mtime_ns, track_id])
+
+    @_sqlite_errors
+    def move(self, track_id: int, old: str, new: str, mtime_ns: int) -> None:
+        """The row of a file moved (or renamed) from old to new keeps its prediction; so does
+        its undo record, unless the new path has one of its own."""
+        try:
+            st = os.stat(new)
+            dev, ino = st.st_dev, st.st_ino
+        except OSError:
+            dev = ino = None
+        key = to_db_path(new)
+        with self.db.atomic():
+            self.db.execute("UPDATE tracks SET path = ?, mtime_ns = ? WHERE id = ?",
+                            [key, mtime_ns, track_id])
+            mine = self.db.execute("SELECT 1 FROM tag_backups WHERE real_path = ?", [key])
+            if not mine.fetchone():
+                olds = list(dict.fromkeys(to_db_path(p) for p in (old, os.path.realpath(old))))
+                self.db.execute("UPDATE tag_backups SET path = ?, real_path = ?, dev = ?, ino = ?"
+                                f" WHERE real_path IN ({','.join('?' * len(olds))})",
+                                [key, key, dev, ino, *olds])
+
+    @_sqlite_errors
+    def drop(self, track_ids: Sequence[int]) -> None:
+        """Forget these tracks (their undo records stay: see prune)."""
+        with self.db.atomic():
+            for track_id in track_ids:
+                self.db.execute("DELETE FROM probabilities WHERE track_id = ?", [track_id])
+                self.db.execute("DELETE FROM tracks WHERE id = ?", [track_id])
+
+    @_sqlite_errors
+    def prune(self, roots: Sequence[str] = (), *, seen: Collection[str] = frozenset(),
+              dry_run: bool = False) -> Pruned:
+        """Remove the rows of files under roots (absolute; none: the whole index) that are no
+        longer on disk; `seen` holds paths known to exist (a scan's crawl), not looked at
+        again. A file that cannot be looked at (a folder without permission) is kept.
+
+        Undo records are never removed: a file that is gone keeps its record, so that
+        restore-tags can still put its tags back if the file (a backup copy) returns;
+        Pruned.undo_kept counts those of the removed files."""
+        roots = with_real(roots)
+        rows = [(track_id, path) for track_id, path in
+                ((i, from_db_path(p)) for i, p in self.db.execute("SELECT id, path FROM tracks"))
+                if under(path, roots) and path not in seen and gone(path)]
+        if not dry_run:
+            self.drop([track_id for track_id, _ in rows])
+        paths = sorted(path for _, path in rows)
+        kept = sum(1 for path in paths if self.db.execute(
+            "SELECT 1 FROM tag_backups WHERE real_path IN (?, ?)",
+            [to_db_path(path), to_db_path(os.path.realpath(path))]).fetchone())
+        return Pruned(paths, kept)
 
     # Undo records belong to files: a file reached by several paths (symlinks, a bind mount)
     # has one, found by its real path, or by the device and inode of the file tagger last

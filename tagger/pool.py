@@ -27,6 +27,7 @@ from typing import Any
 
 from tagger.decode import Excerpts, decode_excerpts, quiet_ffmpeg
 from tagger.errors import DecodeError, TaggerError
+from tagger.fingerprint import fingerprint
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,11 @@ class Failure:
 
 
 def decode_job(job: DecodeJob) -> Excerpts | Failure:
-    """Decoded excerpts, or why they could not be had. Never raises."""
+    """Decoded excerpts and the file's fingerprint, or why they could not be had. Never raises."""
     try:
-        return decode_excerpts(job.path, job.sample_rate, job.n_windows, job.window_seconds)
+        excerpts = decode_excerpts(job.path, job.sample_rate, job.n_windows, job.window_seconds)
+        excerpts.fingerprint = fingerprint(job.path)
+        return excerpts
     except DecodeError as exc:
         return Failure(exc.reason, exc.transient)
     except Exception as exc:  # a decoder bug must not end the scan

@@ -7,17 +7,19 @@ batch of decoded audio waits for the model.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tagger.crawl import Candidate, crawl
+from tagger.crawl import Candidate, crawl, real_path
 from tagger.decode import Excerpts
-from tagger.index import Index, TrackResult, is_uncertain
+from tagger.fingerprint import fingerprint
+from tagger.index import Index, Known, TrackResult, gone, is_uncertain, under, with_real
 from tagger.pool import DecodeJob, DecodePool, Failure, decode_job
 
 if TYPE_CHECKING:                   # importing torch is kept off the rescan path
@@ -37,6 +39,9 @@ class ScanStats:
     uncertain_below: float = 0.0        # the model's threshold
     genres: Counter = field(default_factory=Counter)    # top genres of the others
     interrupted: bool = False
+    moved: int = 0                      # rows that followed their moved or renamed files
+    removed: int = 0                    # rows of files under the roots no longer on disk
+    not_pruned: list[str] = field(default_factory=list)    # roots where nothing was found
 
     def count(self, result: TrackResult) -> None:
         if result.status == "ok":
@@ -51,17 +56,76 @@ class ScanStats:
             self.failed += 1
 
 
-def plan(index: Index, roots: Iterable[str], model_id: str, exclude: Sequence[str] = (),
-         force: bool = False) -> tuple[list[Candidate], int]:
-    """Files to (re)classify, and how many are unchanged since the index last saw them.
-    An unchanged file (same path, size, mtime_ns and model id) is never opened."""
-    todo, unchanged = [], 0
+def plan(index: Index, roots: Sequence[str], model_id: str, exclude: Sequence[str] = (),
+         force: bool = False, prune: bool = True) -> tuple[list[Candidate], ScanStats]:
+    """Files to (re)classify, and the stats so far. Each file is known by its real path
+    (crawl.real_path): one file, one row, whichever path reaches it. An unchanged file (same
+    path, size, mtime_ns and model id) is never opened; a touched one (same size and
+    fingerprint) is current. A new file with the fingerprint of a row whose file is gone
+    takes that row (and its undo record): it was moved. Then, with prune, the rows of files
+    under the roots that are no longer on disk are removed (see prune_roots)."""
+    todo, stats, seen, folders = [], ScanStats(), set(), {}
     for cand in crawl(roots, exclude):
-        if not force and index.is_current(cand.path, cand.size, cand.mtime_ns, model_id):
-            unchanged += 1
+        if cand.error:
+            todo.append(cand)
+            continue
+        path = real_path(cand.path, folders)
+        if path in seen:
+            continue
+        seen.add(path)
+        known = _known(index, cand.path, path)
+        cand = replace(cand, path=path)
+        moved = known is None and (known := _moved_here(index, cand)) is not None
+        stats.moved += moved
+        if force or known is None or known.model_id != model_id or known.status == "error":
+            todo.append(cand)
+        elif (known.size, known.mtime_ns) == (cand.size, cand.mtime_ns):
+            stats.unchanged += not moved
+        elif known.size == cand.size and known.fingerprint is not None and \
+                known.fingerprint == fingerprint(path):            # a bare touch
+            index.touched(known.id, cand.mtime_ns)
+            stats.unchanged += 1
         else:
             todo.append(cand)
-    return todo, unchanged
+    if prune:
+        stats.removed, stats.not_pruned = prune_roots(index, roots, seen)
+    return todo, stats
+
+
+def _known(index: Index, crawled: str, real: str) -> Known | None:
+    """The row of the file at real; a row an older tagger stored through a symlink (crawled)
+    becomes it, or is dropped if the file has its row already."""
+    known = index.known(real)
+    if crawled != real and (alias := index.known(crawled)) is not None:
+        if known is None:
+            index.move(alias.id, crawled, real, alias.mtime_ns)
+            return index.known(real)
+        index.drop([alias.id])
+    return known
+
+
+def _moved_here(index: Index, cand: Candidate) -> Known | None:
+    """The row of a file of this size and fingerprint that is no longer where the row says,
+    moved to cand.path; None if there is none. The new file is only read when there is such
+    a row to compare with."""
+    left = [(track_id, path, f) for track_id, path, f in index.of_size(cand.size) if gone(path)]
+    mine = fingerprint(cand.path) if left else None
+    for track_id, path, f in left:
+        if f == mine:
+            index.move(track_id, path, cand.path, cand.mtime_ns)
+            return index.known(cand.path)
+    return None
+
+
+def prune_roots(index: Index, roots: Sequence[str], seen: set[str]) -> tuple[int, list[str]]:
+    """Remove the rows of files under the roots that are gone (seen: the real paths the
+    crawl found). A root where the crawl found no file at all (a disk not mounted, a share
+    offline) is left alone if the index has rows there: (removed, those roots)."""
+    roots = [os.path.abspath(r) for r in roots]
+    found = [r for r in roots if any(under(p, with_real([r])) for p in seen)]
+    empty = [r for r in roots if r not in found and index.prune([r], dry_run=True).removed]
+    removed = index.prune(found, seen=seen).removed if found else []
+    return len(removed), empty
 
 
 def job_for(classifier: Classifier) -> Callable[[Candidate], DecodeJob]:
@@ -78,7 +142,7 @@ def classify_decoded(classifier: Classifier,
         if peak < SILENCE_PEAK:
             results.append(TrackResult(cand.path, cand.size, cand.mtime_ns, classifier.model_id,
                                        "silent", error="silent (no sound above -80 dBFS)",
-                                       duration=ex.duration))
+                                       duration=ex.duration, fingerprint=ex.fingerprint))
         else:
             audible.append((cand, ex))
     if audible:
@@ -86,7 +150,8 @@ def classify_decoded(classifier: Classifier,
         for (cand, ex), row in zip(audible, probs):
             results.append(TrackResult(
                 cand.path, cand.size, cand.mtime_ns, classifier.model_id, "ok",
-                {g: float(p) for g, p in zip(classifier.genres, row)}, duration=ex.duration))
+                {g: float(p) for g, p in zip(classifier.genres, row)}, duration=ex.duration,
+                fingerprint=ex.fingerprint))
     return results
 
 

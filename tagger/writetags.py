@@ -17,7 +17,7 @@ from typing import Literal
 from tagger import tags
 from tagger.errors import TagError, UserError
 from tagger.genres import DISPLAY_NAMES, genre_key
-from tagger.index import Index, existing_index
+from tagger.index import Index, existing_index, under, with_real
 
 STALE = "changed since it was scanned (the prediction may not be its own); run `tagger scan` on it first"
 VANISHED = "no longer exists"
@@ -94,11 +94,6 @@ def _short(reason: str | None) -> str:
     return _SHORT_STARTS[start] if start else "unreadable or unwritable"
 
 
-def under(path: str, roots: Sequence[str]) -> bool:
-    """True if path is one of roots or inside one (roots absolute; none means all)."""
-    return not roots or any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
-
-
 def chosen_genres(probabilities: dict[str, float], top_k: int, min_confidence: float) -> list[str]:
     """Up to top_k genres, best first, whose probability is at least min_confidence."""
     best = sorted(probabilities.items(), key=lambda kv: -kv[1])[:top_k]
@@ -119,12 +114,13 @@ def _version(st: os.stat_result) -> tuple[int, int]:
 
 
 def _catch_up(index: Index, path: str, st: os.stat_result, known: tuple[int, int] | None) -> bool:
-    """True if the file is the version the index knows (`known`), or the one tagger wrote
-    after that (a write or restore killed between the rename and the index update), which
-    the index then moves on to."""
+    """True if the file is the version the index knows (`known`), the one tagger wrote
+    after that (a write or restore killed between the rename and the index update), or the
+    same content with another mtime (a bare touch); the index then moves on to it."""
     if _version(st) == known:
         return True
-    if known is None or index.written_version(path) != _version(st):
+    if known is None or (index.written_version(path) != _version(st)
+                         and not index.same_content(path, st)):
         return False
     index.moved_on(path, known, _version(st))
     return True
@@ -222,12 +218,6 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)
     return Outcome(path, "written", state.genres, old)
-
-
-def with_real(roots: Sequence[str]) -> list[str]:
-    """The roots and their real paths: a folder reached through a symlink is the same folder,
-    whichever of its paths the scan stored."""
-    return list(dict.fromkeys([*roots, *map(os.path.realpath, roots)]))
 
 
 def tracks_to_tag(index: Index, roots: Sequence[str], genre: str | None) -> list[dict]:

@@ -48,8 +48,12 @@ def test_rescan_skips_unchanged_and_force_redoes(library, model_path, tmp_path):
     run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
     second = run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
     assert "0 classified, 7 unchanged" in second.stdout
-    touched = library / "a" / "one.mp3"
-    os.utime(touched, ns=(1_000_000_000, 1_000_000_000))
+    changed = library / "a" / "one.mp3"
+    os.utime(changed, ns=(1_000_000_000, 1_000_000_000))       # a bare touch is no change
+    assert "0 classified, 7 unchanged" in run("scan", library, "--db", db, "--model", model_path,
+                                              "--workers", "0").stdout
+    with open(changed, "ab") as f:
+        f.write(b"\0")
     third = run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
     assert "1 classified, 6 unchanged" in third.stdout
     forced = run("scan", library, "--db", db, "--model", model_path, "--workers", "0", "--force")

@@ -545,9 +545,11 @@ class TagStopRequest(StopRequest):
     message = "Stopping after the file being written... (Ctrl-C again to stop now)"
 
 
-def run_tag_command(label: str, show_changes: bool, function, *args, **kwargs):
+def run_tag_command(label: str, show_changes: bool, function, *args, verbose: bool = False,
+                    **kwargs):
     """write_tags or restore_tags with a progress bar, "path: reason" for each skipped file
-    and "path: old -> new" for each change of a dry run."""
+    and "path: old -> new" for each change of a dry run; verbose: "path: genre (why)" for
+    each file whose genre stays as it is."""
     from tagger.writetags import NOT_CLASSIFIED
     progress = Progress(SpinnerColumn(), TextColumn(label), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=err, disable=not err.is_terminal)
@@ -564,6 +566,11 @@ def run_tag_command(label: str, show_changes: bool, function, *args, **kwargs):
         elif show_changes and o.action == "written":
             out.print(f"{output.display(o.path)}: {'; '.join(o.old) or '(none)'} -> "
                       f"{'; '.join(o.new) or '(none)'}", highlight=False, markup=False)
+        elif verbose and o.action in ("kept", "unchanged", "below", "uncertain"):
+            why = o.reason + (("; would write" if show_changes else "; wrote")
+                              + " the TAGGER_ fields" if o.tagger_fields else "")
+            said = f"{'; '.join(o.old)} ({why})" if o.action in ("kept", "unchanged") else why
+            out.print(f"{output.display(o.path)}: {said}", highlight=False, markup=False)
         progress.advance(task)
 
     with progress, TagStopRequest() as stop:
@@ -581,6 +588,10 @@ def print_tag_summary(stats, lead: str, extra: str = "") -> None:
               f"{skipped} skipped.", highlight=False)
     for reason, n in stats.skipped.most_common():
         out.print(f"  {reason}: {n}", highlight=False)
+    if stats.tagger_fields_only:
+        out.print(f"{'Would write' if lead.startswith('Would') else 'Wrote'} only the TAGGER_ "
+                  f"fields to {stats.tagger_fields_only} files (genre kept or below the "
+                  "threshold).", highlight=False)
     if stats.interrupted:
         err.print("Interrupted: run the same command again to finish; every file is either "
                   "done or untouched.", highlight=False)
@@ -614,12 +625,15 @@ def write_tags(
              "even a genre tagger wrote before.")] = False,
     probabilities: Annotated[bool, typer.Option(
         "--probabilities/--no-probabilities",
-        help="Also write TAGGER_MODEL and TAGGER_PROB_<GENRE> custom fields.")] = False,
+        help="Also write TAGGER_MODEL and TAGGER_PROB_<GENRE> custom fields, to tracks "
+             "whose genre is kept or below --min-confidence too (not to uncertain ones).")] = False,
     id3v23: Annotated[Optional[bool], typer.Option(
         "--id3v23/--id3v24", show_default=False,
         help="Save ID3 tags (mp3, wav, aiff) as v2.3 or v2.4. \\[default: each file's own "
              "version; v2.4 for a file without one]")] = None,
     dry_run: DryRunOption = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Also list the files whose genre stays as it is, and why.")] = False,
     db: DbOption = default_db_path(),
 ) -> None:
     """Write the predicted genres into the files' own genre tags (TCON, GENRE, ©gen).
@@ -634,9 +648,10 @@ def write_tags(
     opts = TagOptions(top_k, min_confidence, not only_missing, probabilities,
                       None if id3v23 is None else (3 if id3v23 else 4), dry_run, include_uncertain)
     stats = run_tag_command("Writing tags", dry_run, write, paths or [], db, genre=genre,
-                            options=opts)
+                            options=opts, verbose=verbose)
     print_tag_summary(stats, "Would write genres to" if dry_run else "Wrote genres to",
-                      f", {stats.below} below {min_confidence:.0%} confidence"
+                      (f", {stats.kept} kept (already had a genre)" if stats.kept else "")
+                      + f", {stats.below} below {min_confidence:.0%} confidence"
                       + (f", {stats.uncertain} uncertain, not written" if stats.uncertain else ""))
 
 
@@ -645,16 +660,22 @@ def write_tags(
 def restore_tags(
     paths: TagPathsArgument = None,
     dry_run: DryRunOption = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Also restore files whose genre or TAGGER_ fields another program "
+                        "changed since tagger wrote them.")] = False,
     db: DbOption = default_db_path(),
 ) -> None:
     """Put back the genre (and TAGGER_ fields) that files had before write-tags changed them.
 
     A file that had no genre ends with none. The undo data is then dropped from the index.
+    A file whose genre or TAGGER_ fields were changed since by another program (Picard,
+    beets, a hand edit) is left as it is, its undo data kept: see --force.
 
     Example: [bold]tagger restore-tags ~/Music/Jazz[/bold]
     """
     from tagger.writetags import restore_tags as restore
-    stats = run_tag_command("Restoring tags", dry_run, restore, paths or [], db, dry_run=dry_run)
+    stats = run_tag_command("Restoring tags", dry_run, restore, paths or [], db, dry_run=dry_run,
+                            force=force)
     print_tag_summary(stats, "Would restore" if dry_run else "Restored")
 
 

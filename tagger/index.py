@@ -32,7 +32,7 @@ from tagger.errors import DatabaseError, UserError
 from tagger.fingerprint import fingerprint
 from tagger.genres import GENRES, genre_key
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def db_path(db: str | os.PathLike | None = None) -> Path:
@@ -206,7 +206,14 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
     db["tracks"].create_index(["size"])
 
 
-MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5]   # MIGRATIONS[i] takes the schema from version i to i + 1
+def _migrate_6(db: sqlite_utils.Database) -> None:
+    """What tagger wrote into each file with an undo record: its genre and TAGGER_ fields
+    (JSON pairs, as TagState.fields), so that restore-tags leaves a file that another program
+    changed since. NULL in a record from an older tagger (see writetags.changed_since)."""
+    db["tag_backups"].add_column("written_fields", str)
+
+
+MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5, _migrate_6]   # MIGRATIONS[i] takes the schema from version i to i + 1
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -704,10 +711,13 @@ class Index:
     # has one, found by its real path, or by the device and inode of the file tagger last
     # wrote there if that file is still what tagger wrote (inodes are reused once freed).
 
+    _RECORD = "SELECT id, written_size, written_mtime_ns, written_fields FROM tag_backups"
+
     def _record(self, path: str) -> tuple | None:
-        """(id, written_size, written_mtime_ns) of the record of the file at path, or None."""
-        row = self.db.execute("SELECT id, written_size, written_mtime_ns FROM tag_backups"
-                              " WHERE real_path = ?", [to_db_path(os.path.realpath(path))]).fetchone()
+        """(id, written_size, written_mtime_ns, written_fields) of the record of the file at
+        path, or None."""
+        row = self.db.execute(f"{self._RECORD} WHERE real_path = ?",
+                              [to_db_path(os.path.realpath(path))]).fetchone()
         if row is not None:
             return row
         try:
@@ -715,7 +725,7 @@ class Index:
         except OSError:
             return None
         return self.db.execute(
-            "SELECT id, written_size, written_mtime_ns FROM tag_backups WHERE dev = ? AND ino = ?"
+            f"{self._RECORD} WHERE dev = ? AND ino = ?"
             " AND written_size = ? AND written_mtime_ns = ? ORDER BY id",
             [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]).fetchone()
 
@@ -761,15 +771,38 @@ class Index:
                         [*version, record[0]])
 
     @_sqlite_errors
+    def written_fields(self, path: str) -> list[tuple[str, str]] | None:
+        """The genre and TAGGER_ fields tagger last wrote into the file at path, or None if
+        it has no record or its record is from a tagger that did not keep them."""
+        record = self._record(path)
+        return [tuple(kv) for kv in json.loads(record[3])] if record and record[3] else None
+
+    @_sqlite_errors
+    def rebase(self, path: str, fields: dict) -> None:
+        """Make the file's current fields its record's original: another program changed
+        them since tagger wrote it, and a restore must give back that program's edit."""
+        if (record := self._record(path)) is not None:
+            self._write("UPDATE tag_backups SET fields = ? WHERE id = ?",
+                        [json.dumps(fields, ensure_ascii=False), record[0]])
+
+    @_sqlite_errors
     def record_id(self, path: str) -> int | None:
         return record[0] if (record := self._record(path)) is not None else None
 
     @_sqlite_errors
-    def note_identity(self, record_id: int | None, st: os.stat_result) -> None:
-        """The device and inode of the file that has just replaced the record's file."""
-        if record_id is not None:
-            self._write("UPDATE tag_backups SET dev = ?, ino = ? WHERE id = ?",
-                        [st.st_dev, st.st_ino, record_id])
+    def note_identity(self, record_id: int | None, st: os.stat_result,
+                      fields: Sequence[tuple[str, str]] | None = None) -> None:
+        """The device and inode of the file that has just replaced the record's file, and
+        the genre and TAGGER_ fields that write-tags put in it (None: a restore, after which
+        the record goes). Noted after the rename: a kill before it leaves the fields of the
+        file still there."""
+        if record_id is None:
+            return
+        self._write("UPDATE tag_backups SET dev = ?, ino = ? WHERE id = ?",
+                    [st.st_dev, st.st_ino, record_id])
+        if fields is not None:
+            self._write("UPDATE tag_backups SET written_fields = ? WHERE id = ?",
+                        [json.dumps([list(kv) for kv in fields], ensure_ascii=False), record_id])
 
     @_sqlite_errors
     def drop_record(self, record_id: int | None) -> None:
@@ -779,7 +812,7 @@ class Index:
     @_sqlite_errors
     def written_version(self, path: str) -> tuple[int, int] | None:
         record = self._record(path)
-        return tuple(record[1:]) if record and record[1] is not None else None
+        return tuple(record[1:3]) if record and record[1] is not None else None
 
     @_sqlite_errors
     def backups(self) -> Iterator[tuple[str, dict]]:

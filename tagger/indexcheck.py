@@ -158,7 +158,7 @@ def _copy(conn: sqlite3.Connection, index: Index) -> dict[str, int]:
                 real, row["dev"], row["ino"] = identity(from_db_path(row["path"]))
                 row["real_path"] = to_db_path(real)
             columns = ("path", "real_path", "dev", "ino", "fields", "saved_at", "written_size",
-                       "written_mtime_ns")
+                       "written_mtime_ns", "written_fields")
             cursor = db.execute(f"INSERT OR IGNORE INTO tag_backups ({', '.join(columns)}) VALUES"
                                 f" ({', '.join('?' * len(columns))})", [row.get(c) for c in columns])
             counts["tag_backups"] += cursor.rowcount

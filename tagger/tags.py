@@ -215,8 +215,21 @@ class TagState:
         these TAGGER_ fields); ID3v2.3 (and 2.2) holds several genres as one "/"-joined value."""
         v23 = self.table is ID3_FIELDS and _target_version(self, id3_version) in (2, 3)
         want = ["/".join(genres)] if v23 and genres else list(genres)
-        mine = [kv for kv in self.fields if not _is_genre(self.table, kv[0])]
-        return self.genres == want and (custom is None or sorted(mine) == sorted(custom))
+        return self.genres == want and (custom is None or sorted(self.custom()) == sorted(custom))
+
+    def custom(self) -> Pairs:
+        """The TAGGER_ fields the file holds."""
+        return [kv for kv in self.fields if not _is_genre(self.table, kv[0])]
+
+    def keeping_genre(self, custom: Pairs) -> Pairs:
+        """The managed fields that keep the file's genre field as it is, with these TAGGER_
+        fields (an mp3's ID3v1 genre, outside them, stays too)."""
+        return [kv for kv in self.fields if _is_genre(self.table, kv[0])] + list(custom)
+
+    def after(self, pairs: Pairs, custom_too: bool) -> Pairs:
+        """The managed fields once write_fields(pairs, custom_too) has put `pairs` in place
+        of the genre (and, if custom_too, of the TAGGER_ fields): the order is the format's."""
+        return ([] if custom_too else self.custom()) + list(pairs)
 
     def backup(self) -> dict:
         """The JSON-able undo record of this state."""
@@ -391,7 +404,6 @@ def _edit_tags(path: str, pairs: Pairs, custom_too: bool, asked: int | None, bac
     def edit(temp: str) -> None:
         f, table, seen = _load(temp, kind)
         state = _state(f, table, seen)
-        kept = [kv for kv in state.fields if not (custom_too or _is_genre(table, kv[0]))]
         version = None
         if table is ID3_FIELDS:
             version = _target_version(state, asked)
@@ -403,7 +415,7 @@ def _edit_tags(path: str, pairs: Pairs, custom_too: bool, asked: int | None, bac
             table.put(f.tags, pairs, custom_too, backup)
             with _mutagen(temp, "write"):
                 f.save(temp)
-        verify(path, temp, kept + list(pairs), version, kind)
+        verify(path, temp, state.after(pairs, custom_too), version, kind)
     return replace_safely(path, edit, before_replace)
 
 
@@ -517,7 +529,22 @@ def _normal(table, pairs: Pairs, version: int | None) -> list:
     pairs = [tuple(kv) for kv in pairs]
     if table is ID3_FIELDS and version in (2, 3):      # several values joined by "/"
         return sorted((k, "/".join(v)) for k, v in _grouped(pairs).items())
-    return pairs if table is VORBIS_FIELDS else sorted(pairs)     # Vorbis: in file order
+    if table is VORBIS_FIELDS:      # the genres in their order, then the TAGGER_ fields in theirs
+        return sorted(pairs, key=lambda kv: not _is_genre(table, kv[0]))
+    return sorted(pairs)
+
+
+def same_fields(state: TagState, fields: Pairs) -> bool:
+    """True if the file holds these managed fields (what tagger wrote into it), in any
+    order, with Vorbis keys in any case, and at any ID3v2 version (v2.3 and v2.2 join
+    several genres into one value with "/")."""
+    version = state.id3_version if state.table is ID3_FIELDS else None
+    upper = state.table is VORBIS_FIELDS
+
+    def normal(pairs) -> list:
+        return sorted(_normal(state.table, [(k.upper() if upper else k, v) for k, v in pairs],
+                              version))
+    return normal(state.fields) == normal(fields)
 
 
 def _verify_id3(original: str, copy_: str, kind: type, version: int | None) -> None:

@@ -22,6 +22,15 @@ from tagger.index import Index, existing_index, under, with_real
 STALE = "changed since it was scanned (the prediction may not be its own); run `tagger scan` on it first"
 VANISHED = "no longer exists"
 NOT_CLASSIFIED = "not classified"
+CHANGED = ("changed since tagger wrote it (another program or a hand edit set its genre or "
+           "TAGGER_ fields); left unchanged: pass --force to restore it anyway")
+MAYBE_CHANGED = ("changed since tagger wrote it, or may have: its undo record is from an older "
+                 "tagger, which kept no copy of what it wrote, and the file's size or date is not "
+                 "what that tagger noted; pass --force to restore it anyway")
+# why a file's genre stays as it is (Outcome.reason; the CLI's --verbose prints it)
+KEPT = "kept: already has a genre"
+UNCHANGED = "unchanged: already holds this"
+UNCERTAIN = "uncertain: below its model's threshold"
 REPLACED = ("another file's undo record is kept for this path: the file tagger wrote here was "
             "moved or replaced since; left unchanged (move that file back to restore it)")
 
@@ -37,19 +46,22 @@ class TagOptions:
     include_uncertain: bool = False  # also write tracks whose top genre is below the threshold
 
 
-Action = Literal["written", "unchanged", "below", "uncertain", "skipped"]
+Action = Literal["written", "unchanged", "kept", "below", "uncertain", "skipped"]
 
 
 @dataclass
 class Outcome:
     """What happened to one file: "written" (or restored; in a dry run, would be),
-    "unchanged", "below" (--min-confidence), "uncertain" (below the model's threshold), or
-    "skipped" with a reason."""
+    "unchanged" (it holds this already), "kept" (it has a genre, and overwrite is off),
+    "below" (min_confidence), "uncertain" (below the model's threshold), or "skipped";
+    reason says why in words. tagger_fields: the TAGGER_ fields were written (would be) to
+    a file whose genre is kept or below the threshold."""
     path: str
     action: Action
     old: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     reason: str | None = None
+    tagger_fields: bool = False
 
 
 @dataclass
@@ -57,7 +69,9 @@ class TagStats:
     """The counts of a write-tags or restore-tags run."""
     written: int = 0
     unchanged: int = 0
+    kept: int = 0                   # already had a genre (overwrite off)
     below: int = 0
+    tagger_fields_only: int = 0     # kept or below, but given their TAGGER_ fields
     uncertain: int = 0
     skipped: Counter = field(default_factory=Counter)     # short reason -> files
     leftovers_removed: int = 0      # temporary files of killed runs, cleaned first
@@ -69,16 +83,20 @@ class TagStats:
                 self.written += 1
             case "unchanged":
                 self.unchanged += 1
+            case "kept":
+                self.kept += 1
             case "below":
                 self.below += 1
             case "uncertain":
                 self.uncertain += 1
             case "skipped":
                 self.skipped[_short(outcome.reason)] += 1
+        self.tagger_fields_only += outcome.tagger_fields
 
 
 _SHORT = {STALE: "changed since the scan", VANISHED: "vanished", NOT_CLASSIFIED: NOT_CLASSIFIED,
-          REPLACED: "moved or replaced since write-tags"}
+          REPLACED: "moved or replaced since write-tags", CHANGED: "changed since tagger wrote it",
+          MAYBE_CHANGED: "changed since tagger wrote it"}
 
 
 # A reason's start -> its short form in the summary.
@@ -151,16 +169,34 @@ def _note_written(index: Index, path: str) -> Callable[[os.stat_result], None]:
     return lambda st: index.note_written(path, _version(st))
 
 
+def changed_since_written(index: Index, path: str, state: tags.TagState,
+                          st: os.stat_result) -> str | None:
+    """CHANGED if the file's genre or TAGGER_ fields are no longer what tagger last wrote
+    into it (another program or a hand edit set them: a program that keeps the file's date
+    and size may have, so these are not asked); for a record from an older tagger, which
+    kept no copy of what it wrote, MAYBE_CHANGED unless the file's size and mtime are still
+    those of the file it wrote. None if unchanged, or if the file has no record."""
+    if index.record_id(path) is None:
+        return None
+    written = index.written_fields(path)
+    if written is not None:
+        return None if tags.same_fields(state, written) else CHANGED
+    return None if index.written_version(path) == _version(st) else MAYBE_CHANGED
+
+
 def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
-    """Write one indexed track's genres into its file (see TagOptions)."""
+    """Write one indexed track's genres into its file (see TagOptions). With probabilities,
+    a file whose genre is kept (it has one, overwrite off) or below min_confidence gets its
+    TAGGER_ fields all the same, its genre field as it is."""
     path = row["path"]
     if row["status"] != "ok":
         return Outcome(path, "skipped", reason=NOT_CLASSIFIED)
-    if row["uncertain"] and not opts.include_uncertain:
-        return Outcome(path, "uncertain")      # the file stays as it is, tagger's genre or not
+    if row["uncertain"] and not opts.include_uncertain:     # the file stays as it is,
+        return Outcome(path, "uncertain", reason=UNCERTAIN)  # tagger's genre or not
     chosen = chosen_genres(row["probabilities"], opts.top_k, opts.min_confidence)
-    if not chosen:
-        return Outcome(path, "below")
+    below = f"below {opts.min_confidence:.0%} confidence"
+    if not chosen and not opts.probabilities:
+        return Outcome(path, "below", reason=below)
     names = [DISPLAY_NAMES.get(g, g) for g in chosen]
     try:
         st = _check_current(index, row)
@@ -168,34 +204,61 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
         _check_own_record(index, path, state)
         custom = (tags.custom_fields(state, row["probabilities"], row["model_id"])
                   if opts.probabilities else None)
-        if ((state.genres and not opts.overwrite)
-                or state.holds(names, custom, opts.id3_version)):
-            return Outcome(path, "unchanged", state.genres, state.genres)
-        if tags.read_only(path):
-            raise TagError("read-only; left unchanged", path)
-        if opts.dry_run:
-            tags.check_conversion(path, opts.id3_version)
+        if not chosen:
+            left = Outcome(path, "below", state.genres, state.genres, below)
+        elif state.holds(names, custom, opts.id3_version):
+            return Outcome(path, "unchanged", state.genres, state.genres, UNCHANGED)
+        elif state.genres and not opts.overwrite:
+            left = Outcome(path, "kept", state.genres, state.genres, KEPT)
         else:
-            created = index.save_backup(path, state.backup())
-            record = index.record_id(path)
-            try:
-                new = tags.write_fields(
-                    path, state.planned(names, custom or ()), custom_too=opts.probabilities,
-                    id3_version=opts.id3_version, before_replace=_note_written(index, path))
-            except TagError:
-                if created:     # nothing was written: a record kept now could later undo
-                    index.drop_record(record)   # another program's edit
-                raise
-            index.note_identity(record, new)
-            index.moved_on(path, _version(st), _version(new))
+            left = None
+        if left is not None:                # the genre stays: the TAGGER_ fields, if asked
+            if custom is None or sorted(state.custom()) == sorted(custom):
+                return left
+            left.tagger_fields = True
+            pairs = state.keeping_genre(custom)
+        else:
+            pairs = state.planned(names, custom or ())
+        _write(index, path, st, state, pairs, opts)
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)
-    return Outcome(path, "written", state.genres, names)
+    return left or Outcome(path, "written", state.genres, names)
 
 
-def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) -> Outcome:
+def _write(index: Index, path: str, st: os.stat_result, state: tags.TagState,
+           pairs: tags.Pairs, opts: TagOptions) -> None:
+    """Put pairs in place of the file's genre (and TAGGER_ fields, with probabilities), its
+    undo record saved first. A file that another program changed since tagger last wrote it
+    gets that program's fields as its original, so that a restore gives them back."""
+    if tags.read_only(path):
+        raise TagError("read-only; left unchanged", path)
+    if opts.dry_run:
+        tags.check_conversion(path, opts.id3_version)
+        return
+    if (changed_since_written(index, path, state, st) == CHANGED
+            and index.written_version(path) != _version(st)):   # not a write killed before
+        index.rebase(path, state.backup())          # its fields were noted: see note_identity
+    created = index.save_backup(path, state.backup())
+    record = index.record_id(path)
+    written = state.after(pairs, opts.probabilities)
+    try:
+        new = tags.write_fields(path, pairs, custom_too=opts.probabilities,
+                                id3_version=opts.id3_version,
+                                before_replace=_note_written(index, path))
+    except TagError:
+        if created:     # nothing was written: a record kept now could later undo
+            index.drop_record(record)   # another program's edit
+        raise
+    index.note_identity(record, new, written)
+    index.moved_on(path, _version(st), _version(new))
+
+
+def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False,
+                force: bool = False) -> Outcome:
     """Put back a file's genre and TAGGER_ fields as they were before the first write-tags,
-    then forget the backup. The index follows the file as write-tags makes it do."""
+    then forget the backup. The index follows the file as write-tags makes it do. A file
+    whose genre or TAGGER_ fields changed since tagger wrote them is left as it is (its
+    record kept) unless force."""
     try:
         st = _stat(path)
         state = tags.read(path)
@@ -207,6 +270,8 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False) ->
             if not dry_run:
                 index.drop_record(index.record_id(path))
             return Outcome(path, "unchanged", state.genres, state.genres)
+        if not force and (changed := changed_since_written(index, path, state, st)):
+            raise TagError(changed, path)
         if tags.read_only(path):
             raise TagError("read-only; left unchanged", path)
         if not dry_run:
@@ -271,16 +336,18 @@ def write_tags(paths: Sequence[str | os.PathLike] = (), db: str | os.PathLike | 
 
 
 def restore_tags(paths: Sequence[str | os.PathLike] = (), db: str | os.PathLike | None = None, *,
-                 dry_run: bool = False, on_start: OnStart | None = None,
+                 dry_run: bool = False, force: bool = False, on_start: OnStart | None = None,
                  on_outcome: OnOutcome | None = None,
                  should_stop: ShouldStop | None = None) -> TagStats:
     """Put back the genre (and TAGGER_ fields) that files under `paths` (default: all) had
     before write_tags first changed them, as `tagger restore-tags` does; the callbacks are
-    write_tags'."""
+    write_tags'. A file whose genre or TAGGER_ fields another program changed since tagger
+    wrote them is skipped ("changed since tagger wrote it"), its undo record kept, unless
+    force."""
     index, roots = existing_index(db), [os.path.abspath(p) for p in paths]
     with index, index.writer_lock():
         todo = backups_to_restore(index, roots)
-        return _run(todo, lambda item: restore_one(index, *item, dry_run=dry_run),
+        return _run(todo, lambda item: restore_one(index, *item, dry_run=dry_run, force=force),
                     [p for p, _ in todo], dry_run, on_start, on_outcome, should_stop)
 
 

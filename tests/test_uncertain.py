@@ -154,7 +154,7 @@ def test_a_version_3_index_is_read_as_it_is_and_migrates_keeping_everything(tmp_
     assert before[0]["uncertain"] is False and before[0]["probabilities"]["jazz"] == 0.3
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
     with Index(path) as index:
-        assert index.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert index.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert index.db["models"].count == 0
         assert list(index.backups()) == [("/m/a.mp3", {})]
         assert index.file_version("/m/a.mp3") == (1, 2)

@@ -84,12 +84,18 @@ def _verbosity_template(
     """The --quiet and --verbose options, as typer builds them (see VerbosityGroup)."""
 
 
-QUIET_HELP = {c: "No progress or notes: only the listing and errors." for c in LISTINGS}
+QUIET_HELP = {
+    **{c: "No progress or notes: only the listing and errors." for c in LISTINGS},
+    "scan": "No progress and no summary: only the files that failed, and errors.",
+    **{c: "No progress, summary or dry-run listing: only the files skipped for a reason, and "
+          "errors." for c in ("write-tags", "restore-tags")},
+}
 VERBOSE_HELP = {
     "query": "Also say on stderr how many tracks are listed.",
     "write-tags": "Also say what happened to every file left as it was (unchanged, below the "
                   "threshold, uncertain, not classified).",
     "restore-tags": "Also say what happened to every file left as it was.",
+    "check": "List every problem the integrity check finds (at most 100), not only the first.",
 }
 
 
@@ -789,6 +795,7 @@ def check(
     lines = [f"Index: {output.display(str(db))} (schema version {report.version})",
              "Integrity: ok" if report.ok else f"Integrity: damaged ({len(report.problems)} "
              f"problem(s); the first: {report.problems[0]})",
+             *(f"  {problem}" for problem in report.problems if shown.verbose),
              f"Readable: {r['tracks']} tracks, {r['probabilities']} probabilities, "
              f"{r['tag_backups']} undo records"]
     readable = any(r.values())

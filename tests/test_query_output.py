@@ -285,3 +285,21 @@ def test_the_scan_summary_is_not_wrapped_in_a_pipe(tmp_path, model_path, monkeyp
                "--workers", "0")
     genre = query_json(tmp_path / "i.db")[0]["genre"]
     assert any(line.split() == [GENRE_NAMES[genre], "1", "█" * 20] for line in lines(done)), done.stdout
+
+
+def test_verbose_check_lists_every_problem(tmp_path):
+    from tagger import indexcheck
+    from test_index_safety import big_index
+    db = tmp_path / "index.db"
+    big_index(db)
+    data = db.read_bytes()
+    for n in (200, 201):            # two names changed in one place: the path index disagrees
+        name = b"/music/track-0%d.mp3" % n
+        at = data.index(name)
+        data = data[:at] + name.upper() + data[at + len(name):]
+    db.write_bytes(data)
+    problems = indexcheck.check(db).problems
+    assert len(problems) > 1
+    plain, verbose = run("check", "--db", db, ok=1), run("check", "--db", db, "--verbose", ok=1)
+    assert not any(p in plain.stdout for p in problems[1:])
+    assert [line.strip() for line in lines(verbose)[2:2 + len(problems)]] == problems

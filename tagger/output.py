@@ -167,11 +167,12 @@ def write_m3u(rows: Iterable[dict], relative_to: str | None = None) -> int:
             artist, title = tags.artist_title(path)
         except TagError:                    # damaged or gone: the name says enough
             artist = title = None
-        name = " - ".join(v for v in (artist, title or os.path.splitext(os.path.basename(path))[0]) if v)
+        title = title or os.path.splitext(os.path.basename(path))[0]
+        name = " ".join(f"{artist} - {title}".split() if artist else title.split())   # one line
         seconds = -1 if row.get("duration") is None else round(row["duration"])
-        chunk += [f"#EXTINF:{seconds},{' '.join(name.split())}", _relative(path, base) if base else path]
+        chunk += [f"#EXTINF:{seconds},{name}", _relative(path, base) if base else path]
         if len(chunk) >= 512:
-            _write("\n".join(chunk) + "\n")
+            _write("".join(line + "\n" for line in chunk))
             chunk = []
     _write("".join(line + "\n" for line in chunk))
     return left_out
@@ -224,8 +225,9 @@ def print_lines(console: Console, renderable) -> None:
         return
     wide = Console(file=io.StringIO(), width=UNWRAPPED, color_system=None, soft_wrap=True)
     wide.print(renderable)
-    console.out("".join(line.rstrip() + "\n" for line in wide.file.getvalue().splitlines()),
-                end="", highlight=False)
+    text = wide.file.getvalue()
+    console.out("".join(line.rstrip() + "\n" for line in text.split("\n")[:-1]), end="",
+                highlight=False)
 
 
 def bar_chart(console: Console, row: dict, width: int = 30) -> None:

@@ -7,6 +7,7 @@ errors exit 2 (Typer's own). torch is imported only by commands that run the mod
 from __future__ import annotations
 
 import codecs
+import copy
 import errno
 import functools
 import os
@@ -14,6 +15,7 @@ import signal
 import sys
 import time
 from contextlib import ExitStack, suppress
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -28,15 +30,99 @@ from rich.text import Text
 
 from tagger import __version__, output
 from tagger.basics import DB_ENV_VAR, DEVICES, available_cores, default_db_path
-from tagger.errors import DatabaseError, OutputError, TaggerError, UserError
-from tagger.genres import GENRES
+from tagger.errors import DatabaseError, OutputError, TaggerError, UsageError, UserError
+from tagger.genres import GENRES, genre_key
 from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings, default_cache_dir
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  help="Genre probabilities for a local music library, from the audio itself.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+@dataclass
+class Verbosity:
+    """What the command being run was asked to say: its --quiet and --verbose (every command
+    takes both; the root callback resets them for each command line)."""
+    quiet: bool = False
+    verbose: bool = False
+
+
+shown = Verbosity()
+LISTINGS = {"query", "show", "stats"}      # whose stdout is what was asked for, quiet or not
+
+
+def use_consoles(command: str | None = None) -> None:
+    """out and err as `shown` says: quiet, no progress (as if stderr were not a terminal)
+    and, but for the listings, nothing on stdout; errors go to stderr all the same. Where
+    stdout is not a terminal, nothing printed there is wrapped or cut at the terminal's
+    width (which rich takes from stderr when stdout is a pipe)."""
+    global out, err
+    out = Console(soft_wrap=True, quiet=shown.quiet and command not in LISTINGS)
+    if not out.is_terminal:         # a pipe or a file: a table row is one line, however long
+        out.width = output.UNWRAPPED
+    err = Console(stderr=True, soft_wrap=True, force_terminal=False if shown.quiet else None)
+
+
+def _verbosity(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> None:
+    if not value:
+        return
+    setattr(shown, param.name, True)
+    if shown.quiet and shown.verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other; pass one of them",
+                                 ctx=ctx)
+    use_consoles(ctx.command.name)
+
+
+def _verbosity_template(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", expose_value=False, callback=_verbosity,
+                     help="No progress and no summary: only errors (the exit code says how "
+                          "it went).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", expose_value=False, callback=_verbosity,
+                       help="Say more where there is more to say (this command has nothing "
+                            "more yet).")] = False,
+) -> None:
+    """The --quiet and --verbose options, as typer builds them (see VerbosityGroup)."""
+
+
+QUIET_HELP = {
+    **{c: "No progress or notes: only the listing and errors." for c in LISTINGS},
+    "scan": "No progress and no summary: only the files that failed, and errors.",
+    **{c: "No progress, summary or dry-run listing: only the files skipped for a reason, and "
+          "errors." for c in ("write-tags", "restore-tags")},
+}
+VERBOSE_HELP = {
+    "query": "Also say on stderr how many tracks are listed.",
+    "write-tags": "Also say what happened to every file left as it was (unchanged, below the "
+                  "threshold, uncertain, not classified).",
+    "restore-tags": "Also say what happened to every file left as it was.",
+    "check": "List every problem the integrity check finds (at most 100), not only the first.",
+}
+
+
+@functools.cache
+def _verbosity_options() -> list:
+    options = typer.Typer(add_completion=False)
+    options.command()(_verbosity_template)
+    return typer.main.get_command(options).params
+
+
+class VerbosityGroup(typer.core.TyperGroup):
+    """Gives every command --quiet and --verbose, without a parameter in each function."""
+
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        template = _verbosity_options()
+        for name, command in self.commands.items():
+            for option in map(copy.copy, template):
+                option.help = {"quiet": QUIET_HELP, "verbose": VERBOSE_HELP}[option.name].get(
+                    name, option.help)
+                command.params.append(option)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  cls=VerbosityGroup,
+                  help="Genre probabilities for a local music library, from the audio itself. "
+                       "Every command takes --quiet (only errors) and --verbose (more detail).")
 
 
 Device = Enum("Device", {name: name for name in DEVICES}, type=str)
@@ -234,41 +320,79 @@ def print_summary(stats, seconds: float, db: Path) -> None:
     out.print(f"Index: {db}", highlight=False)
 
 
+class SortOrder(str, Enum):
+    path = "path"
+    genre = "genre"
+    confidence = "confidence"
+    scanned = "scanned"
+
+
 @app.command()
 @cli_errors
 def query(
+    ctx: typer.Context,
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        help="Only tracks in these folders (or these files). \\[default: the whole index]",
+        show_default=False)] = None,
     genre: Annotated[Optional[str], typer.Option("--genre", "-g", show_default=False,
                      help=f"Tracks whose top genre is this one ({', '.join(GENRES)}).")] = None,
     min_confidence: Annotated[Optional[float], typer.Option(
         "--min-confidence", min=0.0, max=1.0, show_default=False,
-        help="With --genre: tracks whose probability for it is at least this, top genre or not.")] = None,
+        help="With --genre: tracks whose probability for it is at least this, top genre or not "
+             "(the table shows that probability).")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Only tracks that could not be classified.")] = False,
     uncertain: Annotated[bool, typer.Option(
         "--uncertain", help="Only tracks whose top genre is below their model's threshold, "
                             "shown as uncertain (write-tags leaves them alone).")] = False,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=0, show_default=False,
+    sort: Annotated[Optional[SortOrder], typer.Option(
+        "--sort", show_default=False,
+        help="path; genre (top genre, then most probable first); confidence (most probable "
+             "first: the --genre's probability with --min-confidence); scanned (latest first). "
+             "\\[default: confidence with --genre, else path]")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, show_default=False,
                      help="At most this many tracks.")] = None,
     fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = ListFormat.table,
+    relative_to: Annotated[Optional[Path], typer.Option(
+        "--relative-to", metavar="DIR", show_default=False,
+        help="With --format m3u: paths relative to DIR (the playlist's folder).")] = None,
     db: DbOption = default_db_path(),
 ) -> None:
     """List what the index holds: every track, one genre's tracks, or the failures.
 
-    Example: [bold]tagger query --genre jazz --min-confidence 0.6 --format m3u > jazz.m3u[/bold]
+    Example: [bold]tagger query ~/Music/Jazz --genre blues --min-confidence 0.6 --format m3u > blues.m3u[/bold]
     """
     from tagger.index import existing_index
+    if relative_to is not None and fmt is not ListFormat.m3u:
+        raise typer.BadParameter("only with --format m3u", ctx=ctx, param_hint="--relative-to")
     with existing_index(db, read_only=True) as index:
-        rows = index.query(genre, min_confidence, failed=failed, uncertain=uncertain, limit=limit)
+        try:
+            rows = index.query(genre, min_confidence, failed=failed, uncertain=uncertain,
+                               limit=limit, paths=paths or (), sort=sort and sort.value)
+        except UsageError as exc:
+            raise typer.BadParameter(str(exc), ctx=ctx) from None
+        count = 0
+
+        def counted(rows):
+            nonlocal count
+            for count, row in enumerate(rows, 1):
+                yield row
+
+        rows = counted(rows)
         if fmt is ListFormat.json:
             output.write_json(rows)
         elif fmt is ListFormat.csv:
             output.write_csv(rows, index.genres() or GENRES)
         elif fmt is ListFormat.m3u:
-            if left_out := output.write_m3u(rows):
+            if left_out := output.write_m3u(rows, relative_to):
                 err.print(f"Left out of the playlist: {left_out} files whose names hold a line "
                           "break, which M3U cannot hold (--format json lists them).",
                           highlight=False)
-        elif output.print_table(out, rows) == 0:
-            err.print("No tracks match.")
+        else:
+            output.print_table(out, rows, genre_key(genre) if min_confidence is not None else None)
+    if shown.verbose:
+        err.print(f"{count} track{'s' * (count != 1)}.", highlight=False)
+    elif count == 0 and fmt is ListFormat.table and not shown.quiet:
+        err.print("No tracks match.")
 
 
 CacheOption = Annotated[Optional[Path], typer.Option(
@@ -305,6 +429,8 @@ class TrainReporter:
                                  MofNCompleteColumn(), TimeRemainingColumn(), console=err,
                                  disable=not err.is_terminal)
         self.task = None
+        # the lines that tell how training goes; --quiet leaves them out
+        self.say = Console(quiet=True).print if shown.quiet else self.progress.console.print
 
     def _bar(self, description: str, total: int, completed: int = 0) -> None:
         if self.task is not None:
@@ -321,7 +447,7 @@ class TrainReporter:
 
     def run_start(self, index, runs, split, epochs, start_epoch) -> None:
         counts = split.counts()
-        self.progress.console.print(
+        self.say(
             f"[bold]{escape(split.name)}[/bold] split: {counts['train']} train, {counts['valid']} "
             f"valid, {counts['test']} test clips" + (f" (resuming after epoch {start_epoch})"
                                                      if start_epoch else ""), highlight=False)
@@ -330,7 +456,7 @@ class TrainReporter:
     def epoch(self, row, improved) -> None:
         valid = (f"  valid loss {row['valid_loss']:.3f}  accuracy {row['valid_accuracy']:.3f}  macro F1 "
                  f"{row['valid_macro_f1']:.3f}" if row["valid_loss"] is not None else "")
-        self.progress.console.print(
+        self.say(
             f"  epoch {row['epoch']:3d}  loss {row['train_loss']:.3f}{valid}  {row['seconds']:.1f} s"
             + ("  [green]best[/green]" if improved and valid else ""), highlight=False)
         self.progress.update(self.task, completed=row["epoch"])
@@ -339,7 +465,7 @@ class TrainReporter:
         if not r["evaluated_on"]:
             return
         m, b = r["model"], r["baseline"]
-        self.progress.console.print(
+        self.say(
             f"{escape(r['split'])}, {r['evaluated_on']} ({m['tracks']} clips): accuracy "
             f"[bold]{m['accuracy']:.3f}[/bold], macro F1 {m['macro_f1']:.3f}; MFCC baseline "
             f"{b['accuracy']:.3f} / {b['macro_f1']:.3f}; best epoch {r['best_epoch']} of "
@@ -545,11 +671,10 @@ class TagStopRequest(StopRequest):
     message = "Stopping after the file being written... (Ctrl-C again to stop now)"
 
 
-def run_tag_command(label: str, show_changes: bool, function, *args, verbose: bool = False,
-                    **kwargs):
+def run_tag_command(label: str, show_changes: bool, function, *args, **kwargs):
     """write_tags or restore_tags with a progress bar, "path: reason" for each skipped file
-    and "path: old -> new" for each change of a dry run; verbose: "path: genre (why)" for
-    each file whose genre stays as it is."""
+    and "path: old -> new" for each change of a dry run; with --verbose, "path: genre (why)"
+    for each file whose genre stays as it is."""
     from tagger.writetags import NOT_CLASSIFIED
     progress = Progress(SpinnerColumn(), TextColumn(label), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=err, disable=not err.is_terminal)
@@ -566,9 +691,9 @@ def run_tag_command(label: str, show_changes: bool, function, *args, verbose: bo
         elif show_changes and o.action == "written":
             out.print(f"{output.display(o.path)}: {'; '.join(o.old) or '(none)'} -> "
                       f"{'; '.join(o.new) or '(none)'}", highlight=False, markup=False)
-        elif verbose and o.action in ("kept", "unchanged", "below", "uncertain"):
-            why = o.reason + (("; would write" if show_changes else "; wrote")
-                              + " the TAGGER_ fields" if o.tagger_fields else "")
+        elif shown.verbose and o.action != "written":
+            why = (o.reason or o.action) + (("; would write" if show_changes else "; wrote")
+                                            + " the TAGGER_ fields" if o.tagger_fields else "")
             said = f"{'; '.join(o.old)} ({why})" if o.action in ("kept", "unchanged") else why
             out.print(f"{output.display(o.path)}: {said}", highlight=False, markup=False)
         progress.advance(task)
@@ -632,8 +757,6 @@ def write_tags(
         help="Save ID3 tags (mp3, wav, aiff) as v2.3 or v2.4. \\[default: each file's own "
              "version; v2.4 for a file without one]")] = None,
     dry_run: DryRunOption = False,
-    verbose: Annotated[bool, typer.Option(
-        "--verbose", help="Also list the files whose genre stays as it is, and why.")] = False,
     db: DbOption = default_db_path(),
 ) -> None:
     """Write the predicted genres into the files' own genre tags (TCON, GENRE, ©gen).
@@ -648,7 +771,7 @@ def write_tags(
     opts = TagOptions(top_k, min_confidence, not only_missing, probabilities,
                       None if id3v23 is None else (3 if id3v23 else 4), dry_run, include_uncertain)
     stats = run_tag_command("Writing tags", dry_run, write, paths or [], db, genre=genre,
-                            options=opts, verbose=verbose)
+                            options=opts)
     print_tag_summary(stats, "Would write genres to" if dry_run else "Wrote genres to",
                       (f", {stats.kept} kept (already had a genre)" if stats.kept else "")
                       + f", {stats.below} below {min_confidence:.0%} confidence"
@@ -729,6 +852,7 @@ def check(
     lines = [f"Index: {output.display(str(db))} (schema version {report.version})",
              "Integrity: ok" if report.ok else f"Integrity: damaged ({len(report.problems)} "
              f"problem(s); the first: {report.problems[0]})",
+             *(f"  {problem}" for problem in report.problems if shown.verbose),
              f"Readable: {r['tracks']} tracks, {r['probabilities']} probabilities, "
              f"{r['tag_backups']} undo records"]
     readable = any(r.values())
@@ -759,6 +883,8 @@ def version_callback(value: bool) -> None:
 def root(version: Annotated[bool, typer.Option("--version", callback=version_callback,
                                                is_eager=True, help="Print the version.")] = False):
     """Genre probabilities for a local music library, from the audio itself."""
+    shown.quiet = shown.verbose = False       # each command line starts loud (see Verbosity)
+    use_consoles()
 
 
 def output_failed(exc: OutputError) -> int:

@@ -40,6 +40,11 @@ class UserError(TaggerError):
     """Bad arguments or configuration that the user can fix."""
 
 
+class UsageError(UserError):
+    """Arguments that cannot go together (`--failed --genre pop`) or a value out of range:
+    the CLI shows them as a usage error, with exit code 2."""
+
+
 class TagError(TaggerError):
     """A file's tags cannot be read or written (unsupported, corrupt, read-only, vanished)."""
 

@@ -28,7 +28,7 @@ from typing import Literal
 import sqlite_utils
 
 from tagger.basics import DB_ENV_VAR as ENV_VAR, default_db_path
-from tagger.errors import DatabaseError, UserError
+from tagger.errors import DatabaseError, UsageError, UserError
 from tagger.fingerprint import fingerprint
 from tagger.genres import GENRES, genre_key
 
@@ -57,6 +57,10 @@ def from_db_path(value: str | bytes) -> str:
 # A track's state: classified, silent, undecodable (the file's content), or a transient
 # error (permissions, I/O, a crashed decoder) that the next scan retries.
 Status = Literal["ok", "silent", "failed", "error"]
+
+# The orders of a listing (Index.tracks' sort).
+Sort = Literal["path", "genre", "confidence", "scanned"]
+SORTS: tuple[str, ...] = Sort.__args__
 
 
 @dataclass
@@ -545,38 +549,54 @@ class Index:
     @_sqlite_errors
     def tracks(self, genre: str | None = None, min_confidence: float | None = None,
                failed: bool = False, limit: int | None = None,
-               uncertain: bool = False) -> Iterator[dict]:
-        """Rows for listing: for a genre, most probable first; otherwise by path. Each dict has
-        path, genre, confidence, probabilities {genre: p} (best first), model_id, error, status,
-        and uncertain (its top probability is below its model's threshold).
+               uncertain: bool = False, roots: Sequence[str] = (),
+               sort: Sort | None = None) -> Iterator[dict]:
+        """Rows for listing. Each dict has path, genre, confidence, probabilities {genre: p}
+        (best first), model_id, error, status, uncertain (its top probability is below its
+        model's threshold), match (the probability of `genre`; None without one), size,
+        mtime_ns, duration (seconds, None if unknown) and scanned_at.
 
         genre alone: tracks whose top genre it is. genre and min_confidence: tracks whose
         probability for it is at least min_confidence, top genre or not. uncertain: only
-        the uncertain ones.
+        the uncertain ones. roots (absolute paths, taken as they are): only these files and
+        what is under these folders.
+
+        sort: "path"; "genre" (top genre, then most confident first); "confidence" (match
+        with a genre, else the top probability, highest first); "scanned" (latest first).
+        Tracks without one (failed) come last in those two. The default: "confidence" for a
+        genre, else "path".
         """
         # an index not migrated yet (opened read-only) knows no model's threshold
         threshold = ("coalesce((SELECT m.uncertain_below FROM models m WHERE m.model_id ="
                      " t.model_id), 0)" if self.db["models"].exists() else "0")
-        columns = ("t.id, t.path, t.genre, t.confidence, t.model_id, t.error, t.status,"
-                   f" t.size, t.mtime_ns, t.confidence < {threshold}")
         where, params = [], []
         if genre is not None and min_confidence is not None:
-            sql = (f"SELECT {columns} FROM probabilities p JOIN tracks t ON t.id = p.track_id"
-                   " WHERE p.genre = ? AND p.probability >= ?")
+            source, score = "probabilities p JOIN tracks t ON t.id = p.track_id", "p.probability"
+            where.append("p.genre = ? AND p.probability >= ?")
             params += [genre, min_confidence]
-            order = "p.probability DESC, t.path"
         else:
-            sql = f"SELECT {columns} FROM tracks t WHERE 1"
-            order = "t.path"
+            source, score = "tracks t", "t.confidence"
             if genre is not None:
                 where.append("t.genre = ?")
                 params.append(genre)
-                order = "t.confidence DESC, t.path"
+        columns = ("t.id, t.path, t.genre, t.confidence, t.model_id, t.error, t.status,"
+                   f" t.size, t.mtime_ns, t.confidence < {threshold}, t.duration, t.scanned_at,"
+                   f" {score if genre is not None else 'NULL'}")
         if failed:
             where.append("t.status != 'ok'")
         if uncertain:
             where.append(f"t.status = 'ok' AND t.confidence < {threshold}")
-        sql += "".join(f" AND {w}" for w in where) + f" ORDER BY {order}"
+        if roots:           # compared as bytes: a name stored as raw bytes is one too
+            where.append("(" + " OR ".join(["CAST(t.path AS BLOB) = ? OR substr(CAST(t.path AS"
+                                            " BLOB), 1, ?) = ?"] * len(roots)) + ")")
+            for root in roots:
+                prefix = os.fsencode(root.rstrip(os.sep) + os.sep)
+                params += [os.fsencode(root), len(prefix), prefix]
+        order = {"path": "t.path",
+                 "genre": f"t.genre IS NULL, t.genre, {score} DESC, t.path",
+                 "confidence": f"{score} IS NULL, {score} DESC, t.path",
+                 "scanned": "t.scanned_at DESC, t.path"}[sort or ("path" if genre is None else "confidence")]
+        sql = f"SELECT {columns} FROM {source} WHERE 1{''.join(f' AND {w}' for w in where)} ORDER BY {order}"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -588,28 +608,40 @@ class Index:
                     f"SELECT track_id, genre, probability FROM probabilities WHERE track_id IN ({marks})"
                     " ORDER BY track_id, probability DESC", list(probs)):
                 probs[track_id][g] = p
-            for track_id, path, top, confidence, model_id, error, status, size, mtime_ns, below in rows:
+            for (track_id, path, top, confidence, model_id, error, status, size, mtime_ns, below,
+                 duration, scanned_at, match) in rows:
                 yield {"path": from_db_path(path), "genre": top, "confidence": confidence,
                        "probabilities": probs[track_id], "model_id": model_id, "error": error,
                        "status": status, "size": size, "mtime_ns": mtime_ns,
-                       "uncertain": status == "ok" and bool(below)}
+                       "uncertain": status == "ok" and bool(below), "match": match,
+                       "duration": duration, "scanned_at": scanned_at}
 
     def query(self, genre: str | None = None, min_confidence: float | None = None,
               failed: bool = False, uncertain: bool = False,
-              limit: int | None = None) -> Iterator[dict]:
+              limit: int | None = None, paths: Sequence[str | os.PathLike] = (),
+              sort: Sort | None = None) -> Iterator[dict]:
         """tracks(), for what a user typed (as `tagger query` takes it): genre by any
-        spelling ('Hip-Hop', 'hip hop'); min_confidence needs a genre; failed and uncertain
-        exclude each other. Bad arguments raise UserError."""
-        key = genre_key(genre)
-        if min_confidence is not None and key is None:
-            raise UserError("--min-confidence needs --genre")
+        spelling ('Hip-Hop', 'hip hop'); paths relative or absolute, a folder reached through
+        a symlink being the same folder. Flags that cannot go together (failed with a genre,
+        a min_confidence or uncertain; min_confidence without a genre), a limit below 1 or
+        an unknown sort raise UsageError; an unknown genre UserError."""
+        for flag, given in (("--genre", genre is not None), ("--min-confidence", min_confidence
+                            is not None), ("--uncertain", uncertain)):
+            if failed and given:
+                raise UsageError(f"--failed and {flag} exclude each other (a failed track has no "
+                                 "genre); pass one of them")
+        if min_confidence is not None and genre is None:
+            raise UsageError("--min-confidence needs --genre")
         if min_confidence is not None and not 0 <= min_confidence <= 1:
-            raise UserError(f"--min-confidence {min_confidence} is not between 0 and 1")
-        if uncertain and failed:
-            raise UserError("--uncertain and --failed exclude each other (a failed track has no "
-                            "genre); pass one of them")
-        return self.tracks(genre=key, min_confidence=min_confidence, failed=failed, limit=limit,
-                           uncertain=uncertain)
+            raise UsageError(f"--min-confidence {min_confidence} is not between 0 and 1")
+        if limit is not None and limit < 1:
+            raise UsageError(f"--limit {limit}: give 1 or more (leave it out for every track)")
+        if sort is not None and sort not in SORTS:
+            raise UsageError(f"--sort {sort}: choose one of {', '.join(SORTS)}")
+        absolute = [os.path.abspath(os.fspath(p)) for p in paths]
+        roots = list(dict.fromkeys([*absolute, *map(os.path.realpath, absolute)]))
+        return self.tracks(genre=genre_key(genre), min_confidence=min_confidence, failed=failed,
+                           limit=limit, uncertain=uncertain, roots=roots, sort=sort)
 
     @_sqlite_errors
     def file_version(self, path: str) -> tuple[int, int] | None:

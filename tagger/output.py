@@ -23,11 +23,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tagger.errors import OutputError
+from tagger.errors import OutputError, TagError
 from tagger.genres import DISPLAY_NAMES
 
-JSON_KEYS = ("path", "genre", "confidence", "probabilities", "model_id", "error", "uncertain")
+JSON_KEYS = ("path", "genre", "confidence", "probabilities", "model_id", "error", "uncertain",
+             "match")
 _SURROGATE = re.compile("[\udc80-\udcff]")
+UNWRAPPED = 1 << 16         # the width of a console that is not a terminal: nothing wraps
 
 
 def display(path: str) -> str:
@@ -122,16 +124,17 @@ def write_json(rows: Iterable[dict]) -> None:
 
 def write_csv(rows: Iterable[dict], genres: Sequence[str]) -> None:
     """Columns: path, genre, confidence, model_id, error, one per genre, then uncertain
-    (true or false: added last, so that the others keep their places)."""
+    (true or false) and match (the probability of the genre asked for, empty without one),
+    added last, so that the others keep their places."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "genre", "confidence", "model_id", "error", *genres, "uncertain"])
+    writer.writerow(["path", "genre", "confidence", "model_id", "error", *genres, "uncertain", "match"])
     for row in rows:
         probs = row.get("probabilities") or {}
         writer.writerow([row["path"], row.get("genre") or "", _num(row.get("confidence")),
                          row.get("model_id") or "", row.get("error") or "",
                          *(_num(probs.get(g)) for g in genres),
-                         "true" if row.get("uncertain") else "false"])
+                         "true" if row.get("uncertain") else "false", _num(row.get("match"))])
         if buf.tell() > 1 << 16:
             _write(buf.getvalue())
             buf.seek(0)
@@ -143,35 +146,88 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-def write_m3u(rows: Iterable[dict]) -> int:
-    """The playlist; a path with a line break cannot be one of its lines (it would be two
-    entries, the second a relative path to another file), so it is left out. Returns how
-    many were."""
-    paths = [row["path"] for row in rows]
-    lines = [p for p in paths if "\n" not in p and "\r" not in p]
-    _write("\n".join(["#EXTM3U", *lines]) + "\n")
-    return len(paths) - len(lines)
+def write_m3u(rows: Iterable[dict], relative_to: str | None = None) -> int:
+    """An extended M3U playlist of the classified tracks (failed and silent ones have no
+    place in it): for each, `#EXTINF:<seconds>,<artist> - <title>` (seconds from the index,
+    -1 if unknown; artist and title from the file's tags, else the file's name without its
+    extension as the title) and its path, absolute or relative to `relative_to`. A path with
+    a line break cannot be one of its lines (it would be two entries, the second a relative
+    path to another file), so it is left out. Returns how many were."""
+    from tagger import tags
+    base = relative_to and os.path.abspath(relative_to)
+    chunk, left_out = ["#EXTM3U"], 0
+    for row in rows:
+        path = row["path"]
+        if row.get("status", "ok") != "ok":
+            continue
+        if "\n" in path or "\r" in path:
+            left_out += 1
+            continue
+        try:
+            artist, title = tags.artist_title(path)
+        except TagError:                    # damaged or gone: the name says enough
+            artist = title = None
+        title = title or os.path.splitext(os.path.basename(path))[0]
+        name = " ".join(f"{artist} - {title}".split() if artist else title.split())   # one line
+        seconds = -1 if row.get("duration") is None else round(row["duration"])
+        chunk += [f"#EXTINF:{seconds},{name}", _relative(path, base) if base else path]
+        if len(chunk) >= 512:
+            _write("".join(line + "\n" for line in chunk))
+            chunk = []
+    _write("".join(line + "\n" for line in chunk))
+    return left_out
 
 
-def print_table(console: Console, rows: Iterable[dict]) -> int:
+def _relative(path: str, base: str) -> str:
+    """path from the folder base (its real path too, if path is under that one instead)."""
+    real = os.path.realpath(base)
+    for folder in (base, real):
+        if path == folder or path.startswith(folder.rstrip(os.sep) + os.sep):
+            return os.path.relpath(path, folder)
+    try:
+        return os.path.relpath(path, real)      # ".." is followed from where the folder is
+    except ValueError:                          # on another drive (Windows)
+        return path
+
+
+def print_table(console: Console, rows: Iterable[dict], genre: str | None = None) -> int:
+    """The listing, one row a track; with `genre` (a --min-confidence filter), its
+    probability comes first and the top genre after it."""
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    table.add_column("Genre", no_wrap=True)
-    table.add_column("Conf.", justify="right", no_wrap=True)
+    if genre:
+        table.add_column(genre_name(genre), justify="right", no_wrap=True)
+    table.add_column("Top genre" if genre else "Genre", no_wrap=True)
+    if not genre:
+        table.add_column("Conf.", justify="right", no_wrap=True)
     table.add_column("Path", overflow="fold")
     count, dash = 0, glyph(console, "—", "-")
     for row in rows:
         count += 1
         path = escape(display(row["path"]))
         if row.get("error"):
-            table.add_row(f"[red]{dash}[/red]", "", f"{path}  [red]({escape(row['error'])})[/red]")
+            cells = [f"[red]{dash}[/red]", "", f"{path}  [red]({escape(row['error'])})[/red]"]
         elif row.get("uncertain"):          # below its model's threshold: a guess, not a genre
-            table.add_row(f"[yellow]{genre_name(row['genre'])} (uncertain)[/yellow]",
-                          f"{row['confidence']:.0%}", path)
+            cells = [f"[yellow]{genre_name(row['genre'])} (uncertain)[/yellow]",
+                     f"{row['confidence']:.0%}", path]
         else:
-            table.add_row(genre_name(row["genre"]), f"{row['confidence']:.0%}", path)
+            cells = [genre_name(row["genre"]), f"{row['confidence']:.0%}", path]
+        table.add_row(*([f"{row['match']:.0%}", cells[0], cells[2]] if genre else cells))
     if count:
-        console.print(table)
+        print_lines(console, table)
     return count
+
+
+def print_lines(console: Console, renderable) -> None:
+    """A table on the console; where that is not a terminal (a pipe, a file), each row on
+    one line whatever its length, without the padding at its end, for grep and cut."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    wide = Console(file=io.StringIO(), width=UNWRAPPED, color_system=None, soft_wrap=True)
+    wide.print(renderable)
+    text = wide.file.getvalue()
+    console.out("".join(line.rstrip() + "\n" for line in text.split("\n")[:-1]), end="",
+                highlight=False)
 
 
 def bar_chart(console: Console, row: dict, width: int = 30) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 
-import av
 from mutagen.flac import FLAC
 from mutagen.mp4._atom import Atoms           # the atom tree, to compare all but the tags
 from mutagen.oggopus import OggOpus
@@ -129,6 +128,7 @@ def _ogg_audio(path: str, headers: int) -> tuple[list, list, dict]:
 
 def _packets(path: str) -> bytes:
     """A hash of the demuxed audio packets (no decoding)."""
+    import av           # here, not above: reading tags (query's m3u) must not load PyAV
     digest = hashlib.blake2b()
     try:
         with av.open(path) as container:

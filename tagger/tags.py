@@ -291,6 +291,20 @@ def _load(path: str, kind: type | None = None):
     return f, table, seen
 
 
+def artist_title(path: str) -> tuple[str | None, str | None]:
+    """The file's first artist and title (None where its tags have none): mutagen's easy
+    keys, or TPE1 and TIT2 in the ID3 tag of a WAV or AIFF file. Raises TagError."""
+    with _mutagen(path):
+        f = mutagen.File(path, easy=True)
+        tags = f.tags if f is not None else None
+        if tags is None:
+            return None, None
+        keys = ("TPE1", "TIT2") if isinstance(tags, ID3Tags) else ("artist", "title")
+        values = [tags.get(key) for key in keys]
+        values = [getattr(v, "text", v) for v in values]        # an ID3 frame's text, or a list
+        return tuple(str(v[0]) if v else None for v in values)
+
+
 def _state(f, table, seen: list[str]) -> TagState:
     tags = f.tags
     version = tags.version[1] if table is ID3_FIELDS and tags is not None else None

@@ -118,6 +118,7 @@ print('HEAVY', heavy, file=sys.stderr)
 
 
 @pytest.mark.parametrize("argv", [["tagger", "--help"], ["tagger", "query", "--format", "json"],
+                                  ["tagger", "query", "--format", "m3u"],
                                   ["tagger", "query", "--genre", "jazz"], ["tagger", "write-tags", "--help"]])
 def test_light_commands_import_neither_torch_nor_av(argv, library, model_path, tmp_path):
     db = tmp_path / "lib.db"

@@ -203,11 +203,11 @@ def test_an_m3u_never_splits_a_file_name_with_a_line_break(tmp_path):
         index.store([TrackResult(p, 1, 1, "m", "ok", {"jazz": 1.0})
                      for p in ("/m/new\nline.mp3", "/m/cr\rname.mp3", "/m/plain.mp3")])
     result = run("query", "--db", db, "--format", "m3u")
-    assert result.stdout == "#EXTM3U\n/m/plain.mp3\n", result.stdout
+    assert result.stdout == "#EXTM3U\n#EXTINF:-1,plain\n/m/plain.mp3\n", result.stdout
     assert "2 files" in result.stderr and "line break" in result.stderr, result.stderr
     as_scanned(tmp_path / "plain.db", tmp_path / "index.db")
     result = run("query", "--db", tmp_path / "plain.db", "--format", "m3u")
-    assert result.stdout.count("\n") == 2 and result.stderr == "", result.output
+    assert result.stdout.count("\n") == 3 and result.stderr == "", result.output
 
 
 def test_a_file_put_back_from_a_backup_copy_is_not_another_file(originals, tmp_path):

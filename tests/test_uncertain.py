@@ -56,10 +56,10 @@ def test_each_track_takes_the_threshold_of_the_model_that_scored_it(library, mod
         r["path"] for r in by_genre if Path(r["path"]).parent.name != "c"]
     assert query_json(db, "--genre", top, "--uncertain") == [r for r in by_genre if r["uncertain"]]
     csv_lines = run("query", "--db", db, "--format", "csv").stdout.splitlines()
-    assert csv_lines[0] == "path,genre,confidence,model_id,error," + ",".join(GENRES) + ",uncertain"
-    assert sorted(line.split(",")[-1] for line in csv_lines[1:]) == ["false"] * 3 + ["true"] * 4
+    assert csv_lines[0] == "path,genre,confidence,model_id,error," + ",".join(GENRES) + ",uncertain,match"
+    assert sorted(line.split(",")[-2] for line in csv_lines[1:]) == ["false"] * 3 + ["true"] * 4
     m3u = run("query", "--db", db, "--uncertain", "--format", "m3u").stdout.splitlines()
-    assert m3u[1:] == [r["path"] for r in unsure]
+    assert m3u[2::2] == [r["path"] for r in unsure]
     table = run("query", "--db", db, "--uncertain").stdout
     assert table.count("(uncertain)") == 4 and "five.m4a" not in table
     assert "(uncertain)" not in run("query", "--db", db, "--failed").stdout
@@ -68,8 +68,8 @@ def test_each_track_takes_the_threshold_of_the_model_that_scored_it(library, mod
 def test_query_uncertain_and_failed_are_one_or_the_other(library, model_path, tmp_path):
     db = tmp_path / "index.db"
     run("scan", library / "a", "--db", db, "--model", model_path, "--workers", "0")
-    result = run("query", "--db", db, "--uncertain", "--failed", ok=1)
-    assert result.stderr.startswith("Error: --uncertain and --failed")
+    result = run("query", "--db", db, "--uncertain", "--failed", ok=2)      # a usage error
+    assert "--failed and --uncertain exclude each other" in result.stderr
 
 
 def test_show_marks_an_uncertain_track(library, model_path, unsure_model):

@@ -493,6 +493,9 @@ def evaluate(
                   f"(model {result['margin']['accuracy']:+.3f} accuracy)", highlight=False)
     if reference_line(result):
         out.print(reference_line(result), highlight=False)
+    if n := result.get("training_clips_included"):
+        out.print(f"Note: --part {part} includes the {n} clips this model trained on; these "
+                  "figures overstate how it does on music it has not heard.", highlight=False)
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
     for name in ("Genre", "Precision", "Recall", "F1", "Tracks"):
         table.add_column(name, justify="left" if name == "Genre" else "right")

@@ -25,6 +25,7 @@ from tagger.modelfile import resolve_model
 
 if TYPE_CHECKING:                   # torch is imported when a model is loaded, not before
     from tagger.classify import Classifier
+    from tagger.crawl import Candidate
     from tagger.scanner import ScanStats
 
 PathLike = str | os.PathLike
@@ -91,14 +92,16 @@ class Model:
     def classify_files(self, paths: Iterable[PathLike], *, workers: int | None = None,
                        batch_size: int = 16) -> Iterator[Prediction]:
         """Predictions for many files, in the order given, each as soon as it and those
-        before it are done. Decoding runs in `workers` processes (default: one per core;
-        0 decodes in this process), batch_size tracks at a time through the model."""
-        from tagger.crawl import Candidate
+        before it are done; a folder stands for the audio files under it, found as `scan`
+        finds them (see files_under). A file that is missing or cannot be decoded gives a
+        Prediction that says why. Decoding runs in `workers` processes (default: one per
+        core; 0 decodes in this process), batch_size tracks at a time through the model."""
         from tagger.scanner import classify_files
-        paths = [os.path.abspath(p) for p in paths]
+        candidates = files_under(paths)
+        paths = [c.path for c in candidates]
         done: dict[str, Prediction] = {}
         shown = 0
-        with closing(classify_files([Candidate(p, 0, 0) for p in dict.fromkeys(paths)],
+        with closing(classify_files(list({c.path: c for c in candidates}.values()),
                                     self.classifier, batch_size=batch_size,
                                     workers=available_cores() if workers is None else workers)
                      ) as batches:
@@ -107,6 +110,18 @@ class Model:
                 while shown < len(paths) and paths[shown] in done:
                     yield done[paths[shown]]
                     shown += 1
+
+
+def files_under(paths: Iterable[PathLike]) -> list[Candidate]:
+    """The files that `paths` name, in order: a folder's audio files as `scan` finds them
+    (by extension; hidden and system folders skipped), a file as it is, whatever its
+    extension; a missing one too, so that its prediction can say so."""
+    from tagger.crawl import Candidate, crawl
+    found = []
+    for p in paths:
+        p = os.path.abspath(p)
+        found += list(crawl([p])) or ([] if os.path.isdir(p) else [Candidate(p, 0, 0)])
+    return found
 
 
 def load_model(path: PathLike | None = None, device: str = "auto") -> Model:

@@ -509,26 +509,38 @@ def evaluate(
 @app.command()
 @cli_errors
 def show(
-    files: Annotated[list[Path], typer.Argument(help="Audio files to classify.", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(
+        help="Audio files to classify, or folders: their audio files, found as scan finds them.",
+        show_default=False)],
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
     fmt: Annotated[ShowFormat, typer.Option("--format", "-f", help="Output format.")] = ShowFormat.table,
 ) -> None:
     """Classify files and print their genre probabilities; the index is not touched.
 
-    Example: [bold]tagger show song.flac other.mp3[/bold]
+    A file that is missing or cannot be decoded is shown with the reason, and the others go
+    on. Exit code: 0 when every file was classified (a silent one included), 1 when any
+    could not be.
+
+    Example: [bold]tagger show song.flac ~/Music/Jazz[/bold]
     """
     from tagger import api
-    api.check_paths(files, "no such file")
     model = api.load_model(model, device.value)
-    rows = []
+    rows, shown, failed = [], 0, 0
     for prediction in model.classify_files(files, batch_size=1):     # printed as they come
+        shown += 1
+        failed += prediction.status in ("failed", "error")
         if fmt is ShowFormat.json:
             rows.append(prediction.as_row())
         else:
             output.bar_chart(out, prediction.as_row())
+    if not shown:
+        raise UserError(f"no audio files in {', '.join(map(str, files))}")
     if fmt is ShowFormat.json:
         output.write_json(rows)
+    if failed:
+        err.print(f"{failed} of {shown} files could not be classified.", highlight=False)
+        raise typer.Exit(1)
 
 
 class TagStopRequest(StopRequest):

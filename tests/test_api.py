@@ -40,6 +40,13 @@ def test_classify_files_keeps_the_order_given_and_says_why_a_file_failed(library
     assert all(p.error for p in got[1:4]) and got[1].genre is None and got[1].probabilities == {}
 
 
+def test_classify_files_walks_a_folder(library, model_path):
+    got = list(tagger.load_model(model_path, "cpu").classify_files([library / "b", library / "c" / "six.wav"],
+                                                                  workers=0))
+    assert [Path(p.path).name for p in got] == ["four.opus", "three.ogg", "six.wav"]
+    assert all(p.status == "ok" for p in got)
+
+
 def test_load_model_by_shipped_name_and_default():
     fast = tagger.load_model("fast", "cpu")
     default = tagger.load_model()

@@ -219,7 +219,7 @@ def test_show_reports_a_bad_file_and_goes_on(library, model_path, tmp_path):
     bad = tmp_path / "bad.flac"
     bad.write_text("this is not audio\n")
     rows = json.loads(run("show", bad, library / "a" / "one.mp3", "--model", model_path,
-                          "--format", "json").stdout)
+                          "--format", "json", ok=1).stdout)
     assert rows[0]["genre"] is None and rows[0]["error"].startswith("not an audio file")
     assert rows[1]["genre"] in GENRES
 
@@ -275,6 +275,23 @@ def test_another_tools_database_is_left_alone(tmp_path):
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["items"]
 
 
-def test_show_missing_file_is_a_user_error(model_path, tmp_path):
-    result = run("show", tmp_path / "nope.mp3", "--model", model_path, ok=1)
-    assert result.stderr == f"Error: {tmp_path / 'nope.mp3'}: no such file\n"
+def test_show_reports_a_missing_file_classifies_the_others_and_exits_1(library, model_path, tmp_path):
+    good = library / "a" / "one.mp3"
+    result = run("show", tmp_path / "nope.mp3", good, "--model", model_path, ok=1)
+    assert f"{tmp_path / 'nope.mp3'}\n  file not found" in result.stdout
+    assert "one.mp3" in result.stdout and "%" in result.stdout
+    assert result.stderr == "1 of 2 files could not be classified.\n"
+    rows = json.loads(run("show", good, tmp_path / "nope.mp3", "--model", model_path,
+                          "--format", "json", ok=1).stdout)
+    assert [r["error"] for r in rows] == [None, "file not found"]
+    assert run("show", good, "--model", model_path).stderr == ""          # all classified: 0
+
+
+def test_show_walks_a_folder_as_scan_does(library, model_path, tmp_path):
+    (library / "c" / "notes.txt").write_text("not audio")
+    rows = json.loads(run("show", library / "c", library / "a" / "one.mp3", "--model", model_path,
+                          "--format", "json").stdout)
+    assert [Path(r["path"]).name for r in rows] == ["five.m4a", "seven.aiff", "six.wav", "one.mp3"]
+    (tmp_path / "empty").mkdir()
+    result = run("show", tmp_path / "empty", "--model", model_path, ok=1)
+    assert result.stderr == f"Error: no audio files in {tmp_path / 'empty'}\n"

@@ -156,14 +156,17 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
          force: bool = False, workers: int | None = None, batch_size: int = 16,
          device: str = "auto", on_start: Callable[[int], None] | None = None,
          on_result: Callable[[TrackResult], None] | None = None,
-         should_stop: Callable[[], bool] | None = None) -> ScanStats:
+         should_stop: Callable[[], bool] | None = None,
+         on_decoded: Callable[[str], None] | None = None) -> ScanStats:
     """Classify every audio file under `paths` (folders or files) into the index `db`
     (default: $TAGGER_DB, else the user's data folder), as `tagger scan` does. A file
     unchanged since the index saw it (same path, size, modification time and model) is not
     opened, and the model is only loaded when there is something to classify. `model`: a
     Model, a checkpoint path or a shipped model's name (default: the shipped default).
     `exclude`: globs of names or full paths to skip. on_start(n) is called with the number of
-    files to classify; on_result(result) with each file's TrackResult once stored. When
+    files to classify; on_decoded(path) as each one is decoded (or fails to be), a track at a
+    time (what a progress bar counts); on_result(result) with each file's TrackResult once
+    stored, a batch at a time. When
     should_stop() turns true, what is already decoded is classified and stored, and the
     returned stats say interrupted."""
     from tagger import scanner
@@ -181,5 +184,6 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
             scanner.run_scan(todo, loaded.classifier, index,
                              workers=available_cores() if workers is None else workers,
                              batch_size=batch_size, on_result=on_result or (lambda r: None),
-                             should_stop=should_stop or (lambda: False), stats=stats)
+                             should_stop=should_stop or (lambda: False), stats=stats,
+                             on_decoded=on_decoded or (lambda path: None))
     return stats

@@ -134,8 +134,13 @@ def stop_now() -> NoReturn:
 
 
 class SpeedColumn(ProgressColumn):
+    """Tracks a second since the task started, as the scan's summary counts them (rich's own
+    speed, from the last few updates, is absurd when many come at once); nothing for the
+    first second."""
     def render(self, task) -> Text:
-        return Text(f"{task.speed:.1f} tracks/s" if task.speed else "", style="cyan")
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed >= 1.0 else 0.0
+        return Text(f"{rate:.1f} tracks/s" if rate else "", style="cyan")
 
 
 @app.command()
@@ -171,8 +176,10 @@ def scan(
         stop = StopRequest()
 
         def on_start(total: int) -> None:
+            nonlocal started                # the summary's rate is the bar's: from here
             stack.close()                   # the "Looking..." line
             if total:
+                started = time.monotonic()
                 progress.update(task, total=total)
                 progress.start_task(task)
                 stack.enter_context(progress)
@@ -182,11 +189,11 @@ def scan(
             if result.status in ("failed", "error"):
                 progress.console.print(f"{output.display(result.path)}: {result.error}",
                                        highlight=False, markup=False)
-            progress.advance(task)
 
         stats = api.scan(paths, db, model, exclude=exclude, force=force, workers=workers,
                          batch_size=batch_size, device=device.value, on_start=on_start,
-                         on_result=on_result, should_stop=stop)
+                         on_result=on_result, should_stop=stop,
+                         on_decoded=lambda path: progress.advance(task))
     print_summary(stats, time.monotonic() - started, db)
     if stats.interrupted:
         again = "the same command without --force" if force else "the same command"
@@ -198,9 +205,12 @@ def scan(
 def print_summary(stats, seconds: float, db: Path) -> None:
     done = stats.classified + stats.failed + stats.silent
     rate = f" ({done / seconds:.1f} tracks/s)" if done and seconds > 0 else ""
-    out.print(f"Scanned {done} tracks in {seconds:.1f} s{rate}: {stats.classified} classified, "
-              f"{stats.unchanged} unchanged, {stats.failed} failed, {stats.silent} silent.",
-              highlight=False)
+    if done or stats.interrupted:
+        out.print(f"Scanned {done} tracks in {seconds:.1f} s{rate}: {stats.classified} classified, "
+                  f"{stats.unchanged} unchanged, {stats.failed} failed, {stats.silent} silent.",
+                  highlight=False)
+    else:
+        out.print(f"Nothing to do: {stats.unchanged} unchanged.", highlight=False)
     if stats.failed or stats.silent:
         out.print("List them with: tagger query --failed", highlight=False)
     if stats.uncertain_below and stats.classified:

@@ -59,6 +59,16 @@ def test_load_model_of_a_missing_file_is_a_user_error(tmp_path):
         tagger.load_model(tmp_path / "nope.pt")
 
 
+def test_scan_reports_each_track_as_it_is_decoded_before_its_batch_is_stored(library, model_path, tmp_path):
+    events = []
+    tagger.scan([library], tmp_path / "i.db", model_path, workers=0, batch_size=16,
+                on_decoded=lambda path: events.append(("decoded", path)),
+                on_result=lambda r: events.append(("stored", r.path)))
+    assert [kind for kind, _ in events] == ["decoded"] * 7 + ["stored"] * 7    # one batch
+    assert sorted(p for kind, p in events if kind == "decoded") == sorted(
+        p for kind, p in events if kind == "stored")
+
+
 def test_scan_query_write_and_restore_from_python(library, model_path, tmp_path):
     db = tmp_path / "lib.db"
     started, results = [], []

@@ -217,8 +217,14 @@ def print_summary(stats, seconds: float, db: Path) -> None:
         out.print(f"{stats.uncertain} uncertain (top genre below {stats.uncertain_below:.0%})"
                   + (". List them with: tagger query --uncertain" if stats.uncertain else "."),
                   highlight=False)
-    counts = [(output.genre_name(genre), n) for genre, n in stats.genres.most_common()]
-    counts += [("(uncertain)", stats.uncertain)] if stats.uncertain else []
+    print_genres(stats.genres.most_common(), stats.uncertain)
+    out.print(f"Index: {db}", highlight=False)
+
+
+def print_genres(genres, uncertain: int) -> None:
+    """(genre, tracks) pairs, most first, and the uncertain ones, with bars."""
+    counts = [(output.genre_name(genre), n) for genre, n in genres]
+    counts += [("(uncertain)", uncertain)] if uncertain else []
     if counts:
         table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
         table.add_column("Genre")
@@ -226,9 +232,8 @@ def print_summary(stats, seconds: float, db: Path) -> None:
         table.add_column("")
         top, bar = max(n for _, n in counts), output.glyph(out, "█", "#")
         for name, n in counts:
-            table.add_row(name, str(n), bar * max(1, round(20 * n / top)))
+            table.add_row(escape(name), str(n), bar * max(1, round(20 * n / top)))
         out.print(table)
-    out.print(f"Index: {db}", highlight=False)
 
 
 @app.command()
@@ -551,6 +556,47 @@ def show(
     if failed:
         err.print(f"{failed} of {shown} files could not be classified.", highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+@cli_errors
+def stats(
+    db: DbOption = default_db_path(),
+    model: ModelOption = None,
+    fmt: Annotated[ShowFormat, typer.Option("--format", "-f", help="Output format.")] = ShowFormat.table,
+) -> None:
+    """Count what the index holds: tracks by state and by genre, the models that scored them,
+    the stale ones (scored by another model than --model, so the next scan classifies them
+    again) and those whose files are gone.
+
+    Example: [bold]tagger stats --format json[/bold]
+    """
+    import dataclasses
+    from tagger.index import existing_index
+    _, model_id = resolve_model(model)
+    with existing_index(db, read_only=True) as index:
+        s = index.stats(model_id)
+    if fmt is ShowFormat.json:
+        output.write_json_object(dataclasses.asdict(s))
+        return
+    size = f"{s.size / 2**20:.1f} MiB" if s.size >= 2**20 else f"{s.size / 2**10:.0f} KiB"
+    lines = [f"Index: {output.display(s.path)} ({size})",
+             f"{s.tracks} tracks: {s.classified} classified ({s.uncertain} uncertain), "
+             f"{s.failed} failed, {s.silent} silent"]
+    if s.stale:
+        lines.append(f"Stale: {s.stale}, scored by another model than {model_id} (the next scan "
+                     "classifies them again)")
+    if s.missing:
+        lines.append(f"Missing on disk: {s.missing} (tagger prune removes them from the index)")
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
+    print_genres(s.genres.items(), s.uncertain)
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("Model")
+    table.add_column("Tracks", justify="right")
+    for m, n in s.models.items():
+        table.add_row(escape(m) + (" (current)" if m == model_id else ""), str(n))
+    out.print(table)
 
 
 class TagStopRequest(StopRequest):

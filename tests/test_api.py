@@ -135,7 +135,8 @@ print('HEAVY', heavy, file=sys.stderr)
 
 
 @pytest.mark.parametrize("argv", [["tagger", "--help"], ["tagger", "query", "--format", "json"],
-                                  ["tagger", "query", "--genre", "jazz"], ["tagger", "write-tags", "--help"]])
+                                  ["tagger", "query", "--genre", "jazz"], ["tagger", "write-tags", "--help"],
+                                  ["tagger", "stats"], ["tagger", "stats", "--format", "json"]])
 def test_light_commands_import_neither_torch_nor_av(argv, library, model_path, tmp_path):
     db = tmp_path / "lib.db"
     tagger.scan([library / "a"], db, model_path, workers=0)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import codecs
 import errno
 import functools
+import inspect
 import os
+import re
 import signal
 import sys
 import time
@@ -30,10 +32,57 @@ from tagger import __version__, output
 from tagger.basics import DB_ENV_VAR, DEVICES, available_cores, default_db_path
 from tagger.errors import DatabaseError, OutputError, TaggerError, UserError
 from tagger.genres import GENRES
-from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings, default_cache_dir
+from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+class PathArgument(typer.core.TyperArgument):
+    """An argument shown as its METAVAR (PATH... when it takes several) in the usage line and
+    the help, not as typer 0.29 shows it ({paths}..., <list[Path]>)."""
+
+    def _usage_display_name(self) -> str:
+        return self.metavar if self.required else f"[{self.metavar}]"
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+
+def plain_help(params) -> None:
+    """Flags take no value: no "<bool>" beside them (typer 0.29 shows one); arguments become
+    PathArguments, named PATH... when they take several values, else by their name."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+        elif isinstance(p, typer.core.TyperArgument) and not isinstance(p, PathArgument):
+            p.__class__ = PathArgument
+            p.metavar = p.metavar or ("PATH..." if p.nargs != 1 else p.name.upper())
+
+
+class Group(typer.core.TyperGroup):
+    """tagger's commands, with plain_help, and usage errors without the "Value error, " that
+    typer 0.29's pydantic puts before the message of a bad choice."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        plain_help(params)
+        return params
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            plain_help([*command.params, command.get_help_option(ctx)])
+            if command.help:        # the docstring's line breaks are not the terminal's
+                command.help = re.sub(r"(?<=\S)\n(?=\S)", " ", inspect.cleandoc(command.help))
+        return command
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:       # shown by typer as "Invalid value for ..."
+            exc.message = exc.message.removeprefix("Value error, ")
+            raise
+
+
+app = typer.Typer(cls=Group, no_args_is_help=True, rich_markup_mode="rich",
                   help="Genre probabilities for a local music library, from the audio itself.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -55,7 +104,8 @@ class ShowFormat(str, Enum):
 
 
 DbOption = Annotated[Path, typer.Option("--db", envvar=DB_ENV_VAR, show_default=False,
-                     help=f"The index file. \\[default: ${DB_ENV_VAR}, else {default_db_path()}]")]
+                     help=f"The index file. \\[default: ${DB_ENV_VAR}, else index.db in the user's data "
+                          "folder; tagger stats prints its path]")]
 ModelOption = Annotated[Optional[Path], typer.Option(
     "--model", envvar=MODEL_ENV_VAR, show_default=False,
     help=f"A tagger checkpoint file, or 'fast' for the shipped fast model (see the README). "
@@ -275,7 +325,8 @@ def query(
 
 CacheOption = Annotated[Optional[Path], typer.Option(
     "--cache", envvar=CACHE_ENV_VAR, show_default=False,
-    help=f"Folder of cached log-mels. \\[default: ${CACHE_ENV_VAR}, else {default_cache_dir()}]")]
+    help=f"Folder of cached log-mels. \\[default: ${CACHE_ENV_VAR}, else tagger's folder in the "
+         "user's cache folder]")]
 TeacherOption = Annotated[Optional[Path], typer.Option(
     "--teacher", show_default=False, metavar="PATH",
     help="msd_fcn's best_model.pth: also report the teacher+LR reference (its 50 tags, cached, "
@@ -374,7 +425,7 @@ def train(
     unlabelled: Annotated[Optional[list[Path]], typer.Option(
         "--unlabelled", show_default=False, metavar="DIR",
         help="Distil: also learn the teacher's outputs (--teacher) on augmented views of the "
-             "audio in DIR (repeatable; see scripts/fetch_unlabelled.py).")] = None,
+             "audio in DIR (repeatable; the README says where to get some).")] = None,
     views: Annotated[int, typer.Option("--views", min=1, max=64,
                      help="Distillation: augmented views of each clip, the clean one included.")] = TrainSettings.views,
     crops: Annotated[int, typer.Option("--crops-per-clip", min=1, max=64,

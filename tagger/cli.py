@@ -188,9 +188,23 @@ class SpeedColumn(ProgressColumn):
     speed, from the last few updates, is absurd when many come at once); nothing for the
     first second."""
     def render(self, task) -> Text:
-        elapsed = task.elapsed or 0.0
-        rate = task.completed / elapsed if elapsed >= 1.0 else 0.0
+        rate = self.rate(task)
         return Text(f"{rate:.1f} tracks/s" if rate else "", style="cyan")
+
+    @staticmethod
+    def rate(task) -> float:
+        elapsed = task.elapsed or 0.0
+        return task.completed / elapsed if elapsed >= 1.0 else 0.0
+
+
+class LeftColumn(ProgressColumn):
+    """The time left at SpeedColumn's rate (rich's own follows its absurd speed)."""
+    def render(self, task) -> Text:
+        rate = SpeedColumn.rate(task)
+        if not rate or task.total is None:
+            return Text("-:--:--", style="progress.remaining")
+        left = round((task.total - task.completed) / rate)
+        return Text(f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", style="progress.remaining")
 
 
 @app.command()
@@ -216,8 +230,7 @@ def scan(
     """
     from tagger import api
     progress = Progress(SpinnerColumn(), TextColumn("Scanning"), BarColumn(), MofNCompleteColumn(),
-                        SpeedColumn(), TimeRemainingColumn(), console=err,
-                        disable=not err.is_terminal)
+                        SpeedColumn(), LeftColumn(), console=err, disable=not err.is_terminal)
     task = progress.add_task("scan", start=False)
     started = time.monotonic()
     with ExitStack() as stack:

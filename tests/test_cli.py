@@ -303,7 +303,7 @@ def test_the_scan_rate_is_tracks_since_the_work_began_shown_after_a_second():
     began), not rich's estimate from the last few updates, which a batch of 16 stored in one
     instant turned into 179,778 tracks/s; for the first second it shows nothing."""
     from rich.progress import Progress
-    from tagger.cli import SpeedColumn
+    from tagger.cli import LeftColumn, SpeedColumn
     now = [100.0]
     progress = Progress(SpeedColumn(), get_time=lambda: now[0], disable=True)
     task_id = progress.add_task("scan", total=87)
@@ -312,6 +312,8 @@ def test_the_scan_rate_is_tracks_since_the_work_began_shown_after_a_second():
     now[0] = 100.5
     progress.advance(task_id, 16)
     assert str(SpeedColumn().render(task)) == ""         # all 16 at once, in the first second
+    assert str(LeftColumn().render(task)) == "-:--:--"
     now[0] = 104.0
     progress.advance(task_id, 1)
     assert str(SpeedColumn().render(task)) == "4.2 tracks/s"      # 17 in 4 s
+    assert str(LeftColumn().render(task)) == "0:00:16"             # 70 more at that rate

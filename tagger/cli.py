@@ -35,6 +35,7 @@ from tagger.genres import GENRES
 from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
 
+
 class PathArgument(typer.core.TyperArgument):
     """An argument shown as its METAVAR (PATH... when it takes several) in the usage line and
     the help, not as typer 0.29 shows it ({paths}..., <list[Path]>)."""
@@ -104,8 +105,8 @@ class ShowFormat(str, Enum):
 
 
 DbOption = Annotated[Path, typer.Option("--db", envvar=DB_ENV_VAR, show_default=False,
-                     help=f"The index file. \\[default: ${DB_ENV_VAR}, else index.db in the user's data "
-                          "folder; tagger stats prints its path]")]
+                     help=f"The index file. \\[default: ${DB_ENV_VAR}, else index.db in the "
+                          "user's data folder; tagger stats prints its path]")]
 ModelOption = Annotated[Optional[Path], typer.Option(
     "--model", envvar=MODEL_ENV_VAR, show_default=False,
     help=f"A tagger checkpoint file, or 'fast' for the shipped fast model (see the README). "
@@ -204,7 +205,8 @@ class LeftColumn(ProgressColumn):
         if not rate or task.total is None:
             return Text("-:--:--", style="progress.remaining")
         left = round((task.total - task.completed) / rate)
-        return Text(f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", style="progress.remaining")
+        return Text(f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}",
+                    style="progress.remaining")
 
 
 @app.command()

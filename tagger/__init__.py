@@ -1,8 +1,8 @@
 """tagger: genre probabilities for a local music library, from the audio itself.
 
 The Python API (see the README's "Python API"): load_model, Model, Prediction, scan, prune,
-ScanStats, Index, write_tags, restore_tags, TagOptions, TagStats, and the errors they raise
-(TaggerError and its kinds). Importing tagger imports none of them until first used, so
+ScanStats, Index, IndexStats, write_tags, restore_tags, TagOptions, TagStats, and the errors
+they raise (TaggerError and its kinds). Importing tagger imports none of them until first used, so
 that scripts and the light commands start fast; torch loads with the first model.
 """
 
@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "tagger.api", "Model": "tagger.api", "Prediction": "tagger.api",
     "scan": "tagger.api", "prune": "tagger.api", "ScanStats": "tagger.scanner",
-    "Index": "tagger.index", "TrackResult": "tagger.index",
+    "Index": "tagger.index", "IndexStats": "tagger.index", "TrackResult": "tagger.index",
     "write_tags": "tagger.writetags", "restore_tags": "tagger.writetags",
     "TagOptions": "tagger.writetags", "TagStats": "tagger.writetags", "Outcome": "tagger.writetags",
     "TaggerError": "tagger.errors", "UserError": "tagger.errors", "DatabaseError": "tagger.errors",
@@ -43,6 +43,6 @@ if TYPE_CHECKING:
     from tagger.errors import (CheckpointError, DatabaseError, DecodeError, TagError,
                                TaggerError, UserError)
     from tagger.genres import GENRES
-    from tagger.index import Index, TrackResult
+    from tagger.index import Index, IndexStats, TrackResult
     from tagger.scanner import ScanStats
     from tagger.writetags import Outcome, TagOptions, TagStats, restore_tags, write_tags

@@ -25,6 +25,7 @@ from tagger.modelfile import resolve_model
 
 if TYPE_CHECKING:                   # torch is imported when a model is loaded, not before
     from tagger.classify import Classifier
+    from tagger.crawl import Candidate
     from tagger.scanner import ScanStats
 
 PathLike = str | os.PathLike
@@ -91,14 +92,16 @@ class Model:
     def classify_files(self, paths: Iterable[PathLike], *, workers: int | None = None,
                        batch_size: int = 16) -> Iterator[Prediction]:
         """Predictions for many files, in the order given, each as soon as it and those
-        before it are done. Decoding runs in `workers` processes (default: one per core;
-        0 decodes in this process), batch_size tracks at a time through the model."""
-        from tagger.crawl import Candidate
+        before it are done; a folder stands for the audio files under it, found as `scan`
+        finds them (see files_under). A file that is missing or cannot be decoded gives a
+        Prediction that says why. Decoding runs in `workers` processes (default: one per
+        core; 0 decodes in this process), batch_size tracks at a time through the model."""
         from tagger.scanner import classify_files
-        paths = [os.path.abspath(p) for p in paths]
+        candidates = files_under(paths)
+        paths = [c.path for c in candidates]
         done: dict[str, Prediction] = {}
         shown = 0
-        with closing(classify_files([Candidate(p, 0, 0) for p in dict.fromkeys(paths)],
+        with closing(classify_files(list({c.path: c for c in candidates}.values()),
                                     self.classifier, batch_size=batch_size,
                                     workers=available_cores() if workers is None else workers)
                      ) as batches:
@@ -107,6 +110,18 @@ class Model:
                 while shown < len(paths) and paths[shown] in done:
                     yield done[paths[shown]]
                     shown += 1
+
+
+def files_under(paths: Iterable[PathLike]) -> list[Candidate]:
+    """The files that `paths` name, in order: a folder's audio files as `scan` finds them
+    (by extension; hidden and system folders skipped), a file as it is, whatever its
+    extension; a missing one too, so that its prediction can say so."""
+    from tagger.crawl import Candidate, crawl
+    found = []
+    for p in paths:
+        p = os.path.abspath(p)
+        found += list(crawl([p])) or ([] if os.path.isdir(p) else [Candidate(p, 0, 0)])
+    return found
 
 
 def load_model(path: PathLike | None = None, device: str = "auto") -> Model:
@@ -141,7 +156,8 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
          force: bool = False, prune: bool = True, workers: int | None = None,
          batch_size: int = 16, device: str = "auto", on_start: Callable[[int], None] | None = None,
          on_result: Callable[[TrackResult], None] | None = None,
-         should_stop: Callable[[], bool] | None = None) -> ScanStats:
+         should_stop: Callable[[], bool] | None = None,
+         on_decoded: Callable[[str], None] | None = None) -> ScanStats:
     """Classify every audio file under `paths` (folders or files) into the index `db`
     (default: $TAGGER_DB, else the user's data folder), as `tagger scan` does. A file
     unchanged since the index saw it (same path, size, modification time and model) is not
@@ -151,8 +167,10 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
     (symlinks resolved); a file moved or renamed since (same size and fingerprint) keeps its
     row; with `prune`, the rows of files under `paths` that are no longer on disk are removed
     (see prune; not under a folder where nothing was found). on_start(n) is called with the
-    number of files to classify; on_result(result) with each file's TrackResult once stored.
-    When should_stop() turns true, what is already decoded is classified and stored, and the
+    number of files to classify; on_decoded(path) as each one is decoded (or fails to be), a
+    track at a time (what a progress bar counts); on_result(result) with each file's
+    TrackResult once stored, a batch at a time. When
+    should_stop() turns true, what is already decoded is classified and stored, and the
     returned stats say interrupted."""
     from tagger import scanner
     check_paths(paths, "no such file or folder")
@@ -168,7 +186,8 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
             scanner.run_scan(todo, loaded.classifier, index,
                              workers=available_cores() if workers is None else workers,
                              batch_size=batch_size, on_result=on_result or (lambda r: None),
-                             should_stop=should_stop or (lambda: False), stats=stats)
+                             should_stop=should_stop or (lambda: False), stats=stats,
+                             on_decoded=on_decoded or (lambda path: None))
     return stats
 
 

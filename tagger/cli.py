@@ -10,7 +10,9 @@ import codecs
 import copy
 import errno
 import functools
+import inspect
 import os
+import re
 import signal
 import sys
 import time
@@ -32,8 +34,56 @@ from tagger import __version__, output
 from tagger.basics import DB_ENV_VAR, DEVICES, available_cores, default_db_path
 from tagger.errors import DatabaseError, OutputError, TaggerError, UsageError, UserError
 from tagger.genres import GENRES, genre_key
-from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings, default_cache_dir
+from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings
 from tagger.modelfile import ENV_VAR as MODEL_ENV_VAR, resolve_model
+
+
+class PathArgument(typer.core.TyperArgument):
+    """An argument shown as its METAVAR (PATH... when it takes several) in the usage line and
+    the help, not as typer 0.29 shows it ({paths}..., <list[Path]>)."""
+
+    def _usage_display_name(self) -> str:
+        return self.metavar if self.required else f"[{self.metavar}]"
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+
+def plain_help(params) -> None:
+    """Flags take no value: no "<bool>" beside them (typer 0.29 shows one); arguments become
+    PathArguments, named PATH... when they take several values, else by their name."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+        elif isinstance(p, typer.core.TyperArgument) and not isinstance(p, PathArgument):
+            p.__class__ = PathArgument
+            p.metavar = p.metavar or ("PATH..." if p.nargs != 1 else p.name.upper())
+
+
+class Group(typer.core.TyperGroup):
+    """tagger's commands, with plain_help, and usage errors without the "Value error, " that
+    typer 0.29's pydantic puts before the message of a bad choice."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        plain_help(params)
+        return params
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            plain_help([*command.params, command.get_help_option(ctx)])
+            if command.help:        # the docstring's line breaks are not the terminal's
+                command.help = re.sub(r"(?<=\S)\n(?=\S)", " ", inspect.cleandoc(command.help))
+        return command
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:       # shown by typer as "Invalid value for ..."
+            exc.message = exc.message.removeprefix("Value error, ")
+            raise
+
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -106,7 +156,7 @@ def _verbosity_options() -> list:
     return typer.main.get_command(options).params
 
 
-class VerbosityGroup(typer.core.TyperGroup):
+class VerbosityGroup(Group):
     """Gives every command --quiet and --verbose, without a parameter in each function."""
 
     def __init__(self, **attrs):
@@ -119,8 +169,7 @@ class VerbosityGroup(typer.core.TyperGroup):
                 command.params.append(option)
 
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  cls=VerbosityGroup,
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", cls=VerbosityGroup,
                   help="Genre probabilities for a local music library, from the audio itself. "
                        "Every command takes --quiet (only errors) and --verbose (more detail).")
 
@@ -141,7 +190,8 @@ class ShowFormat(str, Enum):
 
 
 DbOption = Annotated[Path, typer.Option("--db", envvar=DB_ENV_VAR, show_default=False,
-                     help=f"The index file. \\[default: ${DB_ENV_VAR}, else {default_db_path()}]")]
+                     help=f"The index file. \\[default: ${DB_ENV_VAR}, else index.db in the "
+                          "user's data folder; tagger stats prints its path]")]
 ModelOption = Annotated[Optional[Path], typer.Option(
     "--model", envvar=MODEL_ENV_VAR, show_default=False,
     help=f"A tagger checkpoint file, or 'fast' for the shipped fast model (see the README). "
@@ -220,8 +270,28 @@ def stop_now() -> NoReturn:
 
 
 class SpeedColumn(ProgressColumn):
+    """Tracks a second since the task started, as the scan's summary counts them (rich's own
+    speed, from the last few updates, is absurd when many come at once); nothing for the
+    first second."""
     def render(self, task) -> Text:
-        return Text(f"{task.speed:.1f} tracks/s" if task.speed else "", style="cyan")
+        rate = self.rate(task)
+        return Text(f"{rate:.1f} tracks/s" if rate else "", style="cyan")
+
+    @staticmethod
+    def rate(task) -> float:
+        elapsed = task.elapsed or 0.0
+        return task.completed / elapsed if elapsed >= 1.0 else 0.0
+
+
+class LeftColumn(ProgressColumn):
+    """The time left at SpeedColumn's rate (rich's own follows its absurd speed)."""
+    def render(self, task) -> Text:
+        rate = SpeedColumn.rate(task)
+        if not rate or task.total is None:
+            return Text("-:--:--", style="progress.remaining")
+        left = round((task.total - task.completed) / rate)
+        return Text(f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}",
+                    style="progress.remaining")
 
 
 @app.command()
@@ -252,8 +322,7 @@ def scan(
     """
     from tagger import api
     progress = Progress(SpinnerColumn(), TextColumn("Scanning"), BarColumn(), MofNCompleteColumn(),
-                        SpeedColumn(), TimeRemainingColumn(), console=err,
-                        disable=not err.is_terminal)
+                        SpeedColumn(), LeftColumn(), console=err, disable=not err.is_terminal)
     task = progress.add_task("scan", start=False)
     started = time.monotonic()
     with ExitStack() as stack:
@@ -262,8 +331,10 @@ def scan(
         stop = StopRequest()
 
         def on_start(total: int) -> None:
+            nonlocal started                # the summary's rate is the bar's: from here
             stack.close()                   # the "Looking..." line
             if total:
+                started = time.monotonic()
                 progress.update(task, total=total)
                 progress.start_task(task)
                 stack.enter_context(progress)
@@ -273,11 +344,11 @@ def scan(
             if result.status in ("failed", "error"):
                 progress.console.print(f"{output.display(result.path)}: {result.error}",
                                        highlight=False, markup=False)
-            progress.advance(task)
 
         stats = api.scan(paths, db, model, exclude=exclude, force=force, prune=prune, workers=workers,
                          batch_size=batch_size, device=device.value, on_start=on_start,
-                         on_result=on_result, should_stop=stop)
+                         on_result=on_result, should_stop=stop,
+                         on_decoded=lambda path: progress.advance(task))
     print_summary(stats, time.monotonic() - started, db)
     if stats.interrupted:
         again = "the same command without --force" if force else "the same command"
@@ -289,9 +360,12 @@ def scan(
 def print_summary(stats, seconds: float, db: Path) -> None:
     done = stats.classified + stats.failed + stats.silent
     rate = f" ({done / seconds:.1f} tracks/s)" if done and seconds > 0 else ""
-    out.print(f"Scanned {done} tracks in {seconds:.1f} s{rate}: {stats.classified} classified, "
-              f"{stats.unchanged} unchanged, {stats.failed} failed, {stats.silent} silent.",
-              highlight=False)
+    if done or stats.interrupted:
+        out.print(f"Scanned {done} tracks in {seconds:.1f} s{rate}: {stats.classified} classified, "
+                  f"{stats.unchanged} unchanged, {stats.failed} failed, {stats.silent} silent.",
+                  highlight=False)
+    else:
+        out.print(f"Nothing to do: {stats.unchanged} unchanged.", highlight=False)
     if stats.failed or stats.silent:
         out.print("List them with: tagger query --failed", highlight=False)
     if stats.moved:
@@ -306,8 +380,14 @@ def print_summary(stats, seconds: float, db: Path) -> None:
         out.print(f"{stats.uncertain} uncertain (top genre below {stats.uncertain_below:.0%})"
                   + (". List them with: tagger query --uncertain" if stats.uncertain else "."),
                   highlight=False)
-    counts = [(output.genre_name(genre), n) for genre, n in stats.genres.most_common()]
-    counts += [("(uncertain)", stats.uncertain)] if stats.uncertain else []
+    print_genres(stats.genres.most_common(), stats.uncertain)
+    out.print(f"Index: {db}", highlight=False)
+
+
+def print_genres(genres, uncertain: int) -> None:
+    """(genre, tracks) pairs, most first, and the uncertain ones, with bars."""
+    counts = [(output.genre_name(genre), n) for genre, n in genres]
+    counts += [("(uncertain)", uncertain)] if uncertain else []
     if counts:
         table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
         table.add_column("Genre")
@@ -315,9 +395,8 @@ def print_summary(stats, seconds: float, db: Path) -> None:
         table.add_column("")
         top, bar = max(n for _, n in counts), output.glyph(out, "█", "#")
         for name, n in counts:
-            table.add_row(name, str(n), bar * max(1, round(20 * n / top)))
+            table.add_row(escape(name), str(n), bar * max(1, round(20 * n / top)))
         out.print(table)
-    out.print(f"Index: {db}", highlight=False)
 
 
 class SortOrder(str, Enum):
@@ -397,7 +476,8 @@ def query(
 
 CacheOption = Annotated[Optional[Path], typer.Option(
     "--cache", envvar=CACHE_ENV_VAR, show_default=False,
-    help=f"Folder of cached log-mels. \\[default: ${CACHE_ENV_VAR}, else {default_cache_dir()}]")]
+    help=f"Folder of cached log-mels. \\[default: ${CACHE_ENV_VAR}, else tagger's folder in the "
+         "user's cache folder]")]
 TeacherOption = Annotated[Optional[Path], typer.Option(
     "--teacher", show_default=False, metavar="PATH",
     help="msd_fcn's best_model.pth: also report the teacher+LR reference (its 50 tags, cached, "
@@ -498,7 +578,7 @@ def train(
     unlabelled: Annotated[Optional[list[Path]], typer.Option(
         "--unlabelled", show_default=False, metavar="DIR",
         help="Distil: also learn the teacher's outputs (--teacher) on augmented views of the "
-             "audio in DIR (repeatable; see scripts/fetch_unlabelled.py).")] = None,
+             "audio in DIR (repeatable; the README says where to get some).")] = None,
     views: Annotated[int, typer.Option("--views", min=1, max=64,
                      help="Distillation: augmented views of each clip, the clean one included.")] = TrainSettings.views,
     crops: Annotated[int, typer.Option("--crops-per-clip", min=1, max=64,
@@ -632,6 +712,9 @@ def evaluate(
                   f"(model {result['margin']['accuracy']:+.3f} accuracy)", highlight=False)
     if reference_line(result):
         out.print(reference_line(result), highlight=False)
+    if n := result.get("training_clips_included"):
+        out.print(f"Note: --part {part} includes the {n} clips this model trained on; these "
+                  "figures overstate how it does on music it has not heard.", highlight=False)
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
     for name in ("Genre", "Precision", "Recall", "F1", "Tracks"):
         table.add_column(name, justify="left" if name == "Genre" else "right")
@@ -645,26 +728,79 @@ def evaluate(
 @app.command()
 @cli_errors
 def show(
-    files: Annotated[list[Path], typer.Argument(help="Audio files to classify.", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(
+        help="Audio files to classify, or folders: their audio files, found as scan finds them.",
+        show_default=False)],
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
     fmt: Annotated[ShowFormat, typer.Option("--format", "-f", help="Output format.")] = ShowFormat.table,
 ) -> None:
     """Classify files and print their genre probabilities; the index is not touched.
 
-    Example: [bold]tagger show song.flac other.mp3[/bold]
+    A file that is missing or cannot be decoded is shown with the reason, and the others go
+    on. Exit code: 0 when every file was classified (a silent one included), 1 when any
+    could not be.
+
+    Example: [bold]tagger show song.flac ~/Music/Jazz[/bold]
     """
     from tagger import api
-    api.check_paths(files, "no such file")
     model = api.load_model(model, device.value)
-    rows = []
+    rows, shown, failed = [], 0, 0
     for prediction in model.classify_files(files, batch_size=1):     # printed as they come
+        shown += 1
+        failed += prediction.status in ("failed", "error")
         if fmt is ShowFormat.json:
             rows.append(prediction.as_row())
         else:
             output.bar_chart(out, prediction.as_row())
+    if not shown:
+        raise UserError(f"no audio files in {', '.join(map(str, files))}")
     if fmt is ShowFormat.json:
         output.write_json(rows)
+    if failed:
+        err.print(f"{failed} of {shown} files could not be classified.", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+@cli_errors
+def stats(
+    db: DbOption = default_db_path(),
+    model: ModelOption = None,
+    fmt: Annotated[ShowFormat, typer.Option("--format", "-f", help="Output format.")] = ShowFormat.table,
+) -> None:
+    """Count what the index holds: tracks by state and by genre, the models that scored them,
+    the stale ones (scored by another model than --model, so the next scan classifies them
+    again) and those whose files are gone.
+
+    Example: [bold]tagger stats --format json[/bold]
+    """
+    import dataclasses
+    from tagger.index import existing_index
+    _, model_id = resolve_model(model)
+    with existing_index(db, read_only=True) as index:
+        s = index.stats(model_id)
+    if fmt is ShowFormat.json:
+        output.write_json_object(dataclasses.asdict(s))
+        return
+    size = f"{s.size / 2**20:.1f} MiB" if s.size >= 2**20 else f"{s.size / 2**10:.0f} KiB"
+    lines = [f"Index: {output.display(s.path)} ({size})",
+             f"{s.tracks} tracks: {s.classified} classified ({s.uncertain} uncertain), "
+             f"{s.failed} failed, {s.silent} silent"]
+    if s.stale:
+        lines.append(f"Stale: {s.stale}, scored by another model than {model_id} (the next scan "
+                     "classifies them again)")
+    if s.missing:
+        lines.append(f"Missing on disk: {s.missing} (tagger prune removes them from the index)")
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
+    print_genres(s.genres.items(), s.uncertain)
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("Model")
+    table.add_column("Tracks", justify="right")
+    for m, n in s.models.items():
+        table.add_row(escape(m) + (" (current)" if m == model_id else ""), str(n))
+    out.print(table)
 
 
 class TagStopRequest(StopRequest):

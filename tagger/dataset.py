@@ -190,6 +190,43 @@ def make_splits(clips: list[Clip], kind: str, k: int, seed: int) -> list[Split]:
     return fold_splits(clips, k, seed)
 
 
+MIN_TRAIN_CLIPS = 2      # of each genre: fewer, and a run cannot learn it
+
+
+def missing_genres(split: Split, genres: Iterable[str]) -> dict[str, list[str]]:
+    """The genres each part of the split lacks (the training part: has fewer than
+    MIN_TRAIN_CLIPS of), for the parts that hold clips."""
+    missing = {}
+    for part, clips in split.parts.items():
+        counts = Counter(c.genre for c in clips)
+        least = MIN_TRAIN_CLIPS if part == "train" else 1
+        if clips and (lacking := [g for g in genres if counts[g] < least]):
+            missing[part] = lacking
+    return missing
+
+
+def describe_missing(split: Split, missing: dict[str, list[str]]) -> str:
+    return "; ".join(f"the {part} part has no clips of {', '.join(gs)}" if part != "train" else
+                     f"the {part} part has no clips of {', '.join(gs)} (or fewer than "
+                     f"{MIN_TRAIN_CLIPS})" for part, gs in missing.items())
+
+
+def check_genres(splits: Iterable[Split], genres: Iterable[str], kind: str) -> None:
+    """A UserError, before any training, when a run's training part lacks a genre that the
+    clips hold: the model could never predict it, and the held-out accuracy would mean
+    nothing (a held-out part that lacks one only measures the others: see missing_genres)."""
+    genres = list(genres)
+    for split in splits:
+        missing = missing_genres(split, genres)
+        if "train" in missing:
+            fix = ("try --split random or --split \"folds K\" (both put every genre in every part)"
+                   if kind == "filtered" else
+                   "add clips of those genres, or try --split random or --split \"folds K\" "
+                   "with a smaller K")
+            raise UserError(f"the {split.name} split cannot train every genre: "
+                            f"{describe_missing(split, missing)}; {fix}")
+
+
 def genre_counts(clips: Iterable[Clip]) -> dict[str, int]:
     counts = Counter(c.genre for c in clips)
     return {g: counts[g] for g in GENRES if counts[g]}

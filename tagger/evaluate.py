@@ -37,6 +37,9 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
     base = Path(report_base) if report_base is not None else default_base(model_path, part)
     report_paths(base)                          # a folder that takes the report, before the work
     ckpt = load(model_path)
+    kind, k = parse_split(str(ckpt.provenance.get("split", "filtered")))
+    if kind == "all" and part in ("valid", "test"):       # said before any clip is read
+        raise UserError(nothing_held_out(model_path, data_dir, part))
     dev = pick_device(device)
     found = find_clips(data_dir)
     usable = [c for c in found.clips if c.genre in ckpt.genres]
@@ -50,7 +53,6 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
 
     clips, mels_list = load_features(usable, cache, read)
     mels = {c.path: m for c, m in zip(clips, mels_list)}
-    kind, k = parse_split(str(ckpt.provenance.get("split", "filtered")))
     if kind == "folds":
         raise UserError("this checkpoint came from cross-validation, which has no single split; "
                         "use --part all")
@@ -60,9 +62,6 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
     if isinstance(recorded, dict):              # (a random split depends on the clips present)
         split.parts = {p: [c for c in clips if c.name in set(recorded.get(p, []))] for p in PARTS}
     evaluated = clips if part == "all" else split.parts[part]
-    if not evaluated and kind == "all":
-        raise UserError("this model was trained on every clip (--split all), so nothing is held "
-                        "out; --part all scores it on its own training clips")
     if not evaluated:
         raise UserError(f"{data_dir}: none of its clips is in the {part} part of the {split.name} split")
     genres = list(ckpt.genres)
@@ -79,5 +78,21 @@ def evaluate_model(data_dir: Path, model_path: Path, part: str = "valid", device
               "split": split.name if part != "all" else "all clips", "evaluated_on": part,
               **score_clips(probs, evaluated, genres, split.train if held_out else None, mels, seed,
                             teacher_cache(teacher, cache))}
+    trained_on = {c.path for c in split.train}
+    if part in ("all", "train") and (n := sum(c.path in trained_on for c in evaluated)):
+        report["training_clips_included"] = n
     write_report(report, base)
     return report
+
+
+def nothing_held_out(model_path: Path, data_dir: Path, part: str) -> str:
+    """Why a model trained on every clip (--split all) has no `part`, and what to run instead."""
+    from tagger.modelfile import SHIPPED, default_model_path
+    shipped = next((name for name in SHIPPED if (p := default_model_path(name)) is not None
+                    and p.resolve() == model_path.resolve()), None)
+    what = f"the shipped {shipped} model" if shipped else "this model"
+    card = " (models/MODEL_CARD.md gives the figures of its recipe)" if shipped else ""
+    return (f"{what} was trained on every clip (--split all), so no {part} clip is held out to "
+            f"score it on{card}; to measure a recipe, train a model that holds clips out "
+            f"(`tagger train {data_dir} --out mine.pt`) and evaluate that with --model mine.pt, "
+            f"or pass --part all to score this one on its own training clips")

@@ -131,6 +131,25 @@ def gone(path: str) -> bool:
         return False
 
 
+@dataclass
+class IndexStats:
+    """What an index holds (Index.stats). Tracks are classified (some of them uncertain),
+    failed (undecodable, or a transient error) or silent; stale ones were scored by another
+    model than model_id; missing ones have no file at their path any more."""
+    path: str
+    size: int                   # bytes: the index file and its -wal journal
+    tracks: int
+    classified: int
+    uncertain: int
+    failed: int
+    silent: int
+    stale: int
+    missing: int
+    genres: dict[str, int]      # top genre -> classified tracks, not the uncertain; most first
+    models: dict[str, int]      # model id -> tracks; most first
+    model_id: str | None        # the model that stale is measured against
+
+
 def is_uncertain(confidence: float | None, uncertain_below: float) -> bool:
     """A classified track whose top probability is below its model's threshold (0: never)."""
     return confidence is not None and confidence < uncertain_below
@@ -566,9 +585,7 @@ class Index:
         Tracks without one (failed) come last in those two. The default: "confidence" for a
         genre, else "path".
         """
-        # an index not migrated yet (opened read-only) knows no model's threshold
-        threshold = ("coalesce((SELECT m.uncertain_below FROM models m WHERE m.model_id ="
-                     " t.model_id), 0)" if self.db["models"].exists() else "0")
+        threshold = self._threshold()
         where, params = [], []
         if genre is not None and min_confidence is not None:
             source, score = "probabilities p JOIN tracks t ON t.id = p.track_id", "p.probability"
@@ -615,6 +632,32 @@ class Index:
                        "status": status, "size": size, "mtime_ns": mtime_ns,
                        "uncertain": status == "ok" and bool(below), "match": match,
                        "duration": duration, "scanned_at": scanned_at}
+
+    def _threshold(self) -> str:
+        """SQL for the uncertainty threshold of a track t's model (an index not migrated yet,
+        opened read-only, knows none: 0)."""
+        return ("coalesce((SELECT m.uncertain_below FROM models m WHERE m.model_id ="
+                " t.model_id), 0)" if self.db["models"].exists() else "0")
+
+    @_sqlite_errors
+    def stats(self, model_id: str | None = None) -> IndexStats:
+        """Counts of what the index holds; stale: tracks scored by another model than
+        model_id (none when it is None). Looks for every track's file on disk."""
+        status = dict(self.db.execute("SELECT status, count(*) FROM tracks GROUP BY status").fetchall())
+        certain = f"t.status = 'ok' AND NOT t.confidence < {self._threshold()}"
+        genres = dict(self.db.execute(f"SELECT t.genre, count(*) AS n FROM tracks t WHERE {certain}"
+                                      " GROUP BY t.genre ORDER BY n DESC, t.genre").fetchall())
+        models = dict(self.db.execute("SELECT model_id, count(*) AS n FROM tracks GROUP BY model_id"
+                                      " ORDER BY n DESC, model_id").fetchall())
+        missing = sum(not os.path.exists(from_db_path(p))
+                      for (p,) in self.db.execute("SELECT path FROM tracks"))
+        size = sum(os.path.getsize(f) for f in (self.path, f"{self.path}-wal") if os.path.exists(f))
+        classified = status.get("ok", 0)
+        return IndexStats(str(self.path), size, sum(status.values()), classified,
+                          classified - sum(genres.values()),
+                          status.get("failed", 0) + status.get("error", 0), status.get("silent", 0),
+                          sum(n for m, n in models.items() if m != model_id) if model_id else 0,
+                          missing, genres, models, model_id)
 
     def query(self, genre: str | None = None, min_confidence: float | None = None,
               failed: bool = False, uncertain: bool = False,

@@ -122,6 +122,12 @@ def write_json(rows: Iterable[dict]) -> None:
     _write("".join(chunk))
 
 
+def write_json_object(value: dict) -> None:
+    """One JSON object (a summary, not a listing of tracks), indented."""
+    text = json.dumps(value, ensure_ascii=False, indent=2)
+    _write(_SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n")
+
+
 def write_csv(rows: Iterable[dict], genres: Sequence[str]) -> None:
     """Columns: path, genre, confidence, model_id, error, one per genre, then uncertain
     (true or false) and match (the probability of the genre asked for, empty without one),

@@ -159,14 +159,19 @@ def classify_files(todo: Sequence[Candidate], classifier: Classifier, *, workers
                    batch_size: int = 16, should_stop: Callable[[], bool] = lambda: False,
                    decode_timeout: float = DECODE_TIMEOUT,
                    function: Callable[[DecodeJob], Excerpts | Failure] = decode_job,
+                   on_decoded: Callable[[str], None] = lambda path: None,
                    ) -> Iterator[list[TrackResult]]:
     """Decode `todo` in worker processes (no more than there are files; a decoder that hangs
     past decode_timeout costs its file) and classify it; yields the results a batch at a
-    time, in completion order. When should_stop() turns true, what is already decoded is
-    classified and yielded, and it returns. `function` is the decoder (tests give others)."""
+    time, in completion order. on_decoded(path) is called as each file is decoded (or fails
+    to be), before its batch goes through the model. When should_stop() turns true, what is
+    already decoded is classified and yielded, and it returns. `function` is the decoder
+    (tests give others)."""
     decoded: list[tuple[Candidate, Excerpts]] = []
     failures = [failure_result(c, classifier.model_id, Failure(c.error, transient=True))
                 for c in todo if c.error]           # found by the crawl, but not readable
+    for failure in failures:
+        on_decoded(failure.path)
     todo = [c for c in todo if not c.error]
     workers = min(workers, len(todo))              # no idle decoder processes
     classifier.share_cpu_with(workers)
@@ -176,6 +181,7 @@ def classify_files(todo: Sequence[Candidate], classifier: Classifier, *, workers
                 failures.append(failure_result(cand, classifier.model_id, result))
             else:
                 decoded.append((cand, result))
+            on_decoded(cand.path)
             if len(decoded) >= batch_size or len(failures) >= batch_size:
                 yield failures + classify_decoded(classifier, decoded)
                 decoded, failures = [], []
@@ -186,15 +192,18 @@ def classify_files(todo: Sequence[Candidate], classifier: Classifier, *, workers
 def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *, workers: int,
              batch_size: int = 16, on_result: Callable[[TrackResult], None] = lambda r: None,
              should_stop: Callable[[], bool] = lambda: False, stats: ScanStats | None = None,
-             decode_timeout: float = DECODE_TIMEOUT) -> ScanStats:
-    """Decode, classify and store `todo`; one transaction per batch. When should_stop()
-    turns true, what is already decoded is classified and stored, and the scan returns."""
+             decode_timeout: float = DECODE_TIMEOUT,
+             on_decoded: Callable[[str], None] = lambda path: None) -> ScanStats:
+    """Decode, classify and store `todo`; one transaction per batch (on_result(r) for each
+    stored track; on_decoded as classify_files says). When should_stop() turns true, what
+    is already decoded is classified and stored, and the scan returns."""
     stats = stats or ScanStats()
     stats.uncertain_below = classifier.uncertain_below
     index.note_model(classifier.model_id, classifier.uncertain_below)
     done = 0
     with closing(classify_files(todo, classifier, workers=workers, batch_size=batch_size,
-                                should_stop=should_stop, decode_timeout=decode_timeout)) as batches:
+                                should_stop=should_stop, decode_timeout=decode_timeout,
+                                on_decoded=on_decoded)) as batches:
         for results in batches:
             index.store(results)
             for r in results:

@@ -38,8 +38,8 @@ from tagger import __version__
 from tagger.atomic import atomic_torch_save
 from tagger.checkpoint import new_checkpoint, save
 from tagger.classify import pick_device
-from tagger.dataset import (Clip, FeatureCache, Found, Split, find_clips, genre_counts, load_features,
-                            make_splits)
+from tagger.dataset import (Clip, FeatureCache, Found, Split, check_genres, describe_missing,
+                            find_clips, genre_counts, load_features, make_splits, missing_genres)
 from tagger.errors import UserError
 from tagger.features import FeatureSettings
 from tagger.genres import GENRES
@@ -432,6 +432,8 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
     base = out.with_name(out.stem)          # the report and figures beside the checkpoint
     report_paths(base, "the checkpoint and its report")
 
+    genres_found = sorted({c.genre for c in found.clips}, key=GENRES.index)
+    check_genres(make_splits(found.clips, split, folds, ts.seed), genres_found, split)  # before decoding
     cache = FeatureCache(cache_dir or default_cache_dir(), fs)
     failed: dict[str, str] = {}
     loaded = 0
@@ -457,7 +459,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
     if unlabelled:
         views, extra = view_bank(clips, unlabelled, teacher, cache, fs, ts, reporter)
     splits = make_splits(clips, split, folds, ts.seed)
-    genres_seen = sorted({c.genre for c in clips})
+    genres_seen = sorted({c.genre for c in clips}, key=GENRES.index)
     if len(genres_seen) < 2:
         raise UserError(f"{data_dir}: only one genre ({', '.join(genres_seen) or 'none'}) among the "
                         "clips; a genre model needs at least two")
@@ -466,6 +468,7 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
             if len(s.parts[part]) < 2:
                 raise UserError(f"split {s.name}: only {len(s.parts[part])} {part} clips; "
                                 "a run needs at least two (try --split random, or more data)")
+    check_genres(splits, genres_seen, split)       # the clips that decoded
 
     key = _job_key(clips, splits[0].name, ts, fs, ms,
                    [getattr(teacher, "sha256", None), *sorted(extra)])
@@ -498,6 +501,8 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
                                 "current": current, "final": None}, state_file)
 
         reporter.run_start(i, len(splits), s, ts.epochs, saved["epoch"] if saved else 0)
+        if gaps := missing_genres(s, genres_seen):
+            reporter.note(f"{s.name}: {describe_missing(s, gaps)}; its figures leave them out.")
         examples = distillation_examples(s, views, extra, ts) if views else None
         net, state = train_run(s, mels, fs, ms, ts, dev, i, reporter, saved, save_state,
                                tags, teacher_state, examples)
@@ -516,6 +521,8 @@ def train(data_dir: Path, out: Path, split: str = "filtered", folds: int = 5,
                                   ms_run.cnn_weight).numpy()
             result |= score_clips(probs, s.parts[part], genres, s.train, mels, ts.seed,
                                   teacher_cache(teacher, cache))
+        if gaps:
+            result["missing_genres"] = gaps
         if s.missing:
             result["missing_from_lists"] = s.missing
             result["unlisted_clips"] = s.unlisted

@@ -40,6 +40,13 @@ def test_classify_files_keeps_the_order_given_and_says_why_a_file_failed(library
     assert all(p.error for p in got[1:4]) and got[1].genre is None and got[1].probabilities == {}
 
 
+def test_classify_files_walks_a_folder(library, model_path):
+    got = list(tagger.load_model(model_path, "cpu").classify_files([library / "b", library / "c" / "six.wav"],
+                                                                  workers=0))
+    assert [Path(p.path).name for p in got] == ["four.opus", "three.ogg", "six.wav"]
+    assert all(p.status == "ok" for p in got)
+
+
 def test_load_model_by_shipped_name_and_default():
     fast = tagger.load_model("fast", "cpu")
     default = tagger.load_model()
@@ -50,6 +57,16 @@ def test_load_model_by_shipped_name_and_default():
 def test_load_model_of_a_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(tagger.UserError, match="nope.pt"):
         tagger.load_model(tmp_path / "nope.pt")
+
+
+def test_scan_reports_each_track_as_it_is_decoded_before_its_batch_is_stored(library, model_path, tmp_path):
+    events = []
+    tagger.scan([library], tmp_path / "i.db", model_path, workers=0, batch_size=16,
+                on_decoded=lambda path: events.append(("decoded", path)),
+                on_result=lambda r: events.append(("stored", r.path)))
+    assert [kind for kind, _ in events] == ["decoded"] * 7 + ["stored"] * 7    # one batch
+    assert sorted(p for kind, p in events if kind == "decoded") == sorted(
+        p for kind, p in events if kind == "stored")
 
 
 def test_scan_query_write_and_restore_from_python(library, model_path, tmp_path):
@@ -119,7 +136,8 @@ print('HEAVY', heavy, file=sys.stderr)
 
 @pytest.mark.parametrize("argv", [["tagger", "--help"], ["tagger", "query", "--format", "json"],
                                   ["tagger", "query", "--format", "m3u"],
-                                  ["tagger", "query", "--genre", "jazz"], ["tagger", "write-tags", "--help"]])
+                                  ["tagger", "query", "--genre", "jazz"], ["tagger", "write-tags", "--help"],
+                                  ["tagger", "stats"], ["tagger", "stats", "--format", "json"]])
 def test_light_commands_import_neither_torch_nor_av(argv, library, model_path, tmp_path):
     db = tmp_path / "lib.db"
     tagger.scan([library / "a"], db, model_path, workers=0)

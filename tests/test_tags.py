@@ -456,10 +456,10 @@ def test_scan_after_write_tags_classifies_nothing_again(lib, originals, model_pa
     db = tmp_path / "scanned.db"
     run("scan", lib, "--db", db, "--model", model_path, "--workers", "0")
     run("write-tags", "--db", db, "--min-confidence", "0", "--overwrite", "--probabilities")
-    assert "0 classified, 16 unchanged" in run("scan", lib, "--db", db, "--model", model_path,
+    assert "Nothing to do: 16 unchanged." in run("scan", lib, "--db", db, "--model", model_path,
                                                 "--workers", "0").stdout
     run("restore-tags", "--db", db)
-    assert "0 classified, 16 unchanged" in run("scan", lib, "--db", db, "--model", model_path,
+    assert "Nothing to do: 16 unchanged." in run("scan", lib, "--db", db, "--model", model_path,
                                                 "--workers", "0").stdout
     for name, original in originals.items():
         assert snapshot(lib / name) == snapshot(original), name

@@ -51,6 +51,7 @@ def test_every_command_prints_on_a_narrow_terminal(scanned, model_path, setting)
                  ["write-tags", "--db", str(db), "--dry-run", "--min-confidence", "0"],
                  ["query", "--db", str(db), "--format", "json"]):
         done = run(env, *args)
-        assert done.returncode == 0, (args, done.stderr.decode(errors="replace"))
+        failed = args[0] == "show"                  # broken.mp3 could not be classified
+        assert done.returncode == int(failed), (args, done.stderr.decode(errors="replace"))
         assert b"Traceback" not in done.stderr
         assert b"broken.mp3" in done.stdout or args[0] == "write-tags"

@@ -297,7 +297,7 @@ def test_split_all_trains_on_every_clip_for_exactly_the_epochs_given(tiny, tmp_p
     ckpt = load(out)
     assert ckpt.provenance["split"] == "all" and "accuracy" not in ckpt.metrics
     assert out.with_name("all.curves.png").exists() and not out.with_name("all.confusion.png").exists()
-    assert "nothing is held out" in run("evaluate", tiny, "--model", out, ok=1).output
+    assert "no valid clip is held out" in run("evaluate", tiny, "--model", out, ok=1).output
 
 
 def test_split_all_takes_its_calibration_from_a_measuring_runs_report(trained, tiny, tmp_path):
@@ -363,3 +363,59 @@ def test_unreadable_clips_are_reported_and_training_goes_on(tiny, tmp_path):
                    ms=SMALL, device="cpu")
     assert list(report["data"]["unreadable"]) == [str(data / "blues" / "blues.00000.wav")]
     assert report["data"]["clips"] == 44
+
+
+# --- splits that cannot measure anything ----------------------------------------------------
+
+class Notes(Reporter):
+    def __init__(self):
+        self.notes = []
+
+    def note(self, text):
+        self.notes.append(text)
+
+
+def test_a_split_whose_training_part_lacks_a_genre_stops_before_reading_clips(tmp_path):
+    data = make_tiny_gtzan(tmp_path / "genres", {"train": 2, "valid": 1, "test": 1}, seconds=2.0)
+    for clip in filtered_lists()["train"]:
+        if clip.startswith(("blues.", "metal.")):
+            (data / clip.split(".")[0] / f"{clip}.wav").unlink(missing_ok=True)
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError) as caught:
+        train(data, tmp_path / "m.pt", ts=QUICK, ms=SMALL, device="cpu", cache_dir=cache)
+    message = str(caught.value)
+    assert "train part has no clips of blues, metal" in message and "\n" not in message
+    assert "--split random" in message and "--split \"folds K\"" in message
+    assert not cache.exists()                       # stopped before decoding anything
+    result = run("train", data, "--out", tmp_path / "m.pt", ok=1)
+    assert result.output.startswith("Error: the filtered split") and result.output.count("\n") == 1
+
+
+def test_a_held_out_part_without_a_genre_is_said_and_recorded(tmp_path):
+    data = make_tiny_gtzan(tmp_path / "genres", {"train": 2, "valid": 1, "test": 0}, seconds=2.0)
+    valid_disco, = [n for n in filtered_lists()["valid"] if n.startswith("disco.")][:1]
+    (data / "disco" / f"{valid_disco}.wav").unlink()
+    notes = Notes()
+    report = train(data, tmp_path / "m.pt", ts=TrainSettings(epochs=1, crops_per_clip=1, batch_size=8),
+                   ms=SMALL, device="cpu", reporter=notes)
+    assert report["runs"][0]["missing_genres"] == {"valid": ["disco"]}
+    assert any("valid part has no clips of disco" in n for n in notes.notes), notes.notes
+
+
+def test_evaluate_part_all_says_the_training_clips_are_included(trained, tiny, tmp_path):
+    out, _ = trained
+    result = run("evaluate", tiny, "--model", out, "--part", "all", "--report", tmp_path / "all")
+    assert "includes the 24 clips this model trained on" in result.output
+    saved = json.loads((tmp_path / "all.report.json").read_text())
+    assert saved["training_clips_included"] == 24
+    held = run("evaluate", tiny, "--model", out, "--part", "test", "--report", tmp_path / "test")
+    assert "trained on" not in held.output
+    assert "training_clips_included" not in json.loads((tmp_path / "test.report.json").read_text())
+
+
+def test_evaluate_on_the_shipped_model_says_why_not_and_what_to_run(tiny, tmp_path):
+    result = run("evaluate", tiny, "--cache", tmp_path / "cache", ok=1)
+    assert result.output.startswith("Error: the shipped default model was trained on every clip")
+    assert result.output.count("\n") == 1
+    assert "tagger train" in result.output and "--part all" in result.output
+    assert not (tmp_path / "cache").exists()        # said before reading any clip

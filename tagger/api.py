@@ -155,7 +155,7 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
          model: Model | PathLike | None = None, *, exclude: Sequence[str] = (),
          force: bool = False, prune: bool = True, workers: int | None = None,
          batch_size: int = 16, device: str = "auto", on_start: Callable[[int], None] | None = None,
-         on_result: Callable[[TrackResult], None] | None = None,
+         on_result: Callable[[Prediction], None] | None = None,
          should_stop: Callable[[], bool] | None = None,
          on_decoded: Callable[[str], None] | None = None) -> ScanStats:
     """Classify every audio file under `paths` (folders or files) into the index `db`
@@ -168,8 +168,8 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
     row; with `prune`, the rows of files under `paths` that are no longer on disk are removed
     (see prune; not under a folder where nothing was found). on_start(n) is called with the
     number of files to classify; on_decoded(path) as each one is decoded (or fails to be), a
-    track at a time (what a progress bar counts); on_result(result) with each file's
-    TrackResult once stored, a batch at a time. When
+    track at a time (what a progress bar counts); on_result(prediction) with each file's
+    Prediction once stored, a batch at a time. When
     should_stop() turns true, what is already decoded is classified and stored, and the
     returned stats say interrupted."""
     from tagger import scanner
@@ -185,7 +185,9 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
             loaded = model if isinstance(model, Model) else _load(model_path, device)
             scanner.run_scan(todo, loaded.classifier, index,
                              workers=available_cores() if workers is None else workers,
-                             batch_size=batch_size, on_result=on_result or (lambda r: None),
+                             batch_size=batch_size,
+                             on_result=(lambda r: on_result(Prediction.of(r, loaded.uncertain_below)))
+                             if on_result else (lambda r: None),
                              should_stop=should_stop or (lambda: False), stats=stats,
                              on_decoded=on_decoded or (lambda path: None))
     return stats

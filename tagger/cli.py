@@ -141,6 +141,8 @@ QUIET_HELP = {
           "errors." for c in ("write-tags", "restore-tags")},
 }
 VERBOSE_HELP = {
+    "scan": "Also print each track's genre and probability (or why it has none) as it is "
+            "stored.",
     "query": "Also say on stderr how many tracks are listed.",
     "write-tags": "Also say what happened to every file left as it was (unchanged, below the "
                   "threshold, uncertain, not classified).",
@@ -343,6 +345,12 @@ def scan(
         def on_result(result) -> None:
             if result.status in ("failed", "error"):
                 progress.console.print(f"{output.display(result.path)}: {result.error}",
+                                       highlight=False, markup=False)
+            elif shown.verbose:             # what each track got, as it is stored
+                said = (f"{output.genre_name(result.genre)} {result.confidence:.0%}"
+                        + (" (uncertain)" if result.uncertain else "")
+                        if result.status == "ok" else result.error)
+                progress.console.print(f"{output.display(result.path)}: {said}",
                                        highlight=False, markup=False)
 
         stats = api.scan(paths, db, model, exclude=exclude, force=force, prune=prune, workers=workers,

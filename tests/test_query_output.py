@@ -17,6 +17,7 @@ from mutagen.easyid3 import EasyID3
 from mutagen.id3 import TIT2
 
 from conftest import run, write_track
+from tagger import output
 from tagger.cli import app
 from tagger.errors import UsageError
 from tagger.genres import DISPLAY_NAMES as GENRE_NAMES, GENRES
@@ -303,3 +304,17 @@ def test_verbose_check_lists_every_problem(tmp_path):
     plain, verbose = run("check", "--db", db, ok=1), run("check", "--db", db, "--verbose", ok=1)
     assert not any(p in plain.stdout for p in problems[1:])
     assert [line.strip() for line in lines(verbose)[2:2 + len(problems)]] == problems
+
+
+def test_verbose_scan_says_what_each_track_got(library, model_path, tmp_path):
+    db = tmp_path / "index.db"
+    quiet = run("scan", library, "--db", db, "--model", model_path, "--workers", "0")
+    assert str(library / "a" / "one.mp3") not in quiet.output
+    (library / "c" / "six.wav").write_bytes(b"RIFF broken")
+    result = run("scan", library, "--db", db, "--model", model_path, "--workers", "0", "--force",
+                 "--verbose")
+    rows = {r["path"]: r for r in json.loads(run("query", "--db", db, "--format", "json").stdout)}
+    one = rows[str(library / "a" / "one.mp3")]
+    assert f"{library / 'a' / 'one.mp3'}: {output.genre_name(one['genre'])} " \
+           f"{one['confidence']:.0%}" in result.stderr
+    assert f"{library / 'c' / 'six.wav'}: " in result.stderr

@@ -131,6 +131,20 @@ def gone(path: str) -> bool:
         return False
 
 
+def offline(path: str) -> bool:
+    """True if the nearest folder above path that still exists is empty: what a disk or share
+    that is not mounted leaves (its mount point). Its files are away, not gone, so a scan
+    neither prunes them nor lets another file take their rows."""
+    folder = os.path.dirname(path)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return True
+
+
 @dataclass
 class IndexStats:
     """What an index holds (Index.stats). Tracks are classified (some of them uncertain),
@@ -762,10 +776,11 @@ class Index:
 
     @_sqlite_errors
     def prune(self, roots: Sequence[str] = (), *, seen: Collection[str] = frozenset(),
-              dry_run: bool = False) -> Pruned:
+              dry_run: bool = False, keep_offline: bool = False) -> Pruned:
         """Remove the rows of files under roots (absolute; none: the whole index) that are no
         longer on disk; `seen` holds paths known to exist (a scan's crawl), not looked at
-        again. A file that cannot be looked at (a folder without permission) is kept.
+        again. A file that cannot be looked at (a folder without permission) is kept, and with
+        keep_offline (a scan's pruning) one under an empty folder, likely a disk not mounted.
 
         Undo records are never removed: a file that is gone keeps its record, so that
         restore-tags can still put its tags back if the file (a backup copy) returns;
@@ -773,7 +788,8 @@ class Index:
         roots = with_real(roots)
         rows = [(track_id, path) for track_id, path in
                 ((i, from_db_path(p)) for i, p in self.db.execute("SELECT id, path FROM tracks"))
-                if under(path, roots) and path not in seen and gone(path)]
+                if under(path, roots) and path not in seen and gone(path)
+                and not (keep_offline and offline(path))]
         if not dry_run:
             self.drop([track_id for track_id, _ in rows])
         paths = sorted(path for _, path in rows)

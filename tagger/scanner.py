@@ -19,7 +19,8 @@ import numpy as np
 from tagger.crawl import Candidate, crawl, real_path
 from tagger.decode import Excerpts
 from tagger.fingerprint import fingerprint
-from tagger.index import Index, Known, TrackResult, gone, is_uncertain, under, with_real
+from tagger.index import (Index, Known, TrackResult, gone, is_uncertain, offline, under,
+                          with_real)
 from tagger.pool import DecodeJob, DecodePool, Failure, decode_job
 
 if TYPE_CHECKING:                   # importing torch is kept off the rescan path
@@ -65,6 +66,7 @@ def plan(index: Index, roots: Sequence[str], model_id: str, exclude: Sequence[st
     takes that row (and its undo record): it was moved. Then, with prune, the rows of files
     under the roots that are no longer on disk are removed (see prune_roots)."""
     todo, stats, seen, folders = [], ScanStats(), set(), {}
+    scanned = with_real([os.path.abspath(r) for r in roots])
     for cand in crawl(roots, exclude):
         if cand.error:
             todo.append(cand)
@@ -75,7 +77,7 @@ def plan(index: Index, roots: Sequence[str], model_id: str, exclude: Sequence[st
         seen.add(path)
         known = _known(index, cand.path, path)
         cand = replace(cand, path=path)
-        moved = known is None and (known := _moved_here(index, cand)) is not None
+        moved = known is None and (known := _moved_here(index, cand, scanned)) is not None
         stats.moved += moved
         if force or known is None or known.model_id != model_id or known.status == "error":
             todo.append(cand)
@@ -104,11 +106,12 @@ def _known(index: Index, crawled: str, real: str) -> Known | None:
     return known
 
 
-def _moved_here(index: Index, cand: Candidate) -> Known | None:
-    """The row of a file of this size and fingerprint that is no longer where the row says,
-    moved to cand.path; None if there is none. The new file is only read when there is such
-    a row to compare with."""
-    left = [(track_id, path, f) for track_id, path, f in index.of_size(cand.size) if gone(path)]
+def _moved_here(index: Index, cand: Candidate, roots: Sequence[str]) -> Known | None:
+    """The row of a file of this size and fingerprint that is gone from where the row says
+    (under the scanned roots: a file elsewhere may only be offline), moved to cand.path;
+    None if there is none. The new file is only read when there is such a row."""
+    left = [(track_id, path, f) for track_id, path, f in index.of_size(cand.size)
+            if under(path, roots) and gone(path) and not offline(path)]
     mine = fingerprint(cand.path) if left else None
     for track_id, path, f in left:
         if f == mine:
@@ -124,7 +127,7 @@ def prune_roots(index: Index, roots: Sequence[str], seen: set[str]) -> tuple[int
     roots = [os.path.abspath(r) for r in roots]
     found = [r for r in roots if any(under(p, with_real([r])) for p in seen)]
     empty = [r for r in roots if r not in found and index.prune([r], dry_run=True).removed]
-    removed = index.prune(found, seen=seen).removed if found else []
+    removed = index.prune(found, seen=seen, keep_offline=True).removed if found else []
     return len(removed), empty
 
 

@@ -173,3 +173,34 @@ def test_an_index_of_version_4_is_fingerprinted_as_files_change(library, model_p
     with tagger.Index(old) as index:
         assert index.db.execute("SELECT fingerprint FROM tracks WHERE path = ?",
                                 [str(six)]).fetchone()[0] is not None
+
+
+def test_a_copy_never_takes_the_row_of_a_file_outside_the_scanned_folders(library, model_path,
+                                                                          tmp_path):
+    """A disk that is away (renamed here) is not a move: a copy of one of its files scanned
+    elsewhere is a file of its own, and the undo record stays with the original."""
+    db, nas, local = tmp_path / "i.db", tmp_path / "nas", tmp_path / "local"
+    shutil.copytree(library / "a", nas)
+    tagger.scan([nas], db, model_path, workers=0)
+    tagger.write_tags([nas], db, options=TAG_ALL)
+    local.mkdir()
+    shutil.copy2(nas / "one.mp3", local / "one.mp3")
+    nas.rename(tmp_path / "unmounted")
+    stats = tagger.scan([local], db, model_path, workers=0)
+    assert (stats.moved, stats.classified) == (0, 1)
+    (tmp_path / "unmounted").rename(nas)
+    with tagger.Index(db, read_only=True) as index:
+        assert {path for path, _ in index.backups()} == {str(nas / "one.mp3"), str(nas / "two.flac")}
+    assert tagger.restore_tags([nas], db).written == 2
+
+
+def test_a_scan_keeps_the_rows_under_an_empty_mount_point_inside_its_folder(library, model_path,
+                                                                            tmp_path):
+    db, away = tmp_path / "i.db", tmp_path / "away"
+    tagger.scan([library], db, model_path, workers=0)
+    (library / "b").rename(away)          # the disk mounted at library/b is not mounted:
+    (library / "b").mkdir()               # its mount point is an empty folder
+    stats = tagger.scan([library], db, model_path, workers=0)
+    assert stats.removed == 0 and len(indexed(db)) == 7
+    (library / "b").rmdir()               # the folder itself deleted: its files are gone
+    assert tagger.scan([library], db, model_path, workers=0).removed == 2

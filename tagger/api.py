@@ -200,5 +200,9 @@ def prune(paths: Sequence[PathLike] = (), db: PathLike | None = None, *,
     Undo records are kept (restore-tags puts the tags back if a file returns). Returns the
     removed paths (in a dry run, those that would be) and how many of them have an undo
     record."""
+    roots = [os.path.abspath(p) for p in paths]
+    if dry_run:                     # only reads: works beside a scan and on a read-only disk
+        with existing_index(db, read_only=True) as index:
+            return index.prune(roots, dry_run=True)
     with existing_index(db) as index, index.writer_lock():
-        return index.prune([os.path.abspath(p) for p in paths], dry_run=dry_run)
+        return index.prune(roots)

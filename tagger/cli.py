@@ -470,7 +470,7 @@ def query(
         elif fmt is ListFormat.csv:
             output.write_csv(rows, index.genres() or GENRES)
         elif fmt is ListFormat.m3u:
-            if left_out := output.write_m3u(rows, relative_to):
+            if (left_out := output.write_m3u(rows, relative_to)) and not shown.quiet:
                 err.print(f"Left out of the playlist: {left_out} files whose names hold a line "
                           "break, which M3U cannot hold (--format json lists them).",
                           highlight=False)
@@ -785,7 +785,12 @@ def stats(
     """
     import dataclasses
     from tagger.index import existing_index
-    _, model_id = resolve_model(model)
+    try:                    # only the stale count needs the model
+        _, model_id = resolve_model(model)
+    except TaggerError as exc:
+        model_id = None
+        err.print(f"Stale tracks not counted: {output.display(str(exc))}", highlight=False,
+                  markup=False)
     with existing_index(db, read_only=True) as index:
         s = index.stats(model_id)
     if fmt is ShowFormat.json:
@@ -835,6 +840,9 @@ def run_tag_command(label: str, show_changes: bool, function, *args, **kwargs):
         elif show_changes and o.action == "written":
             out.print(f"{output.display(o.path)}: {'; '.join(o.old) or '(none)'} -> "
                       f"{'; '.join(o.new) or '(none)'}", highlight=False, markup=False)
+        elif show_changes and o.tagger_fields and not shown.verbose:    # a change too
+            out.print(f"{output.display(o.path)}: TAGGER_ fields only (genre kept: "
+                      f"{'; '.join(o.old) or '(none)'})", highlight=False, markup=False)
         elif shown.verbose and o.action != "written":
             why = (o.reason or o.action) + (("; would write" if show_changes else "; wrote")
                                             + " the TAGGER_ fields" if o.tagger_fields else "")

@@ -599,6 +599,8 @@ class Index:
         Tracks without one (failed) come last in those two. The default: "confidence" for a
         genre, else "path".
         """
+        if sort is not None and sort not in SORTS:
+            raise UsageError(f"--sort {sort}: choose one of {', '.join(SORTS)}")
         threshold = self._threshold()
         where, params = [], []
         if genre is not None and min_confidence is not None:

@@ -680,7 +680,7 @@ def replace_safely(path: str, edit: Callable[[str], None],
         temp = None
         _fsync_folder(folder)
         return os.stat(real)
-    except OSError as exc:
+    except (OSError, mutagen.MutagenError) as exc:      # mutagen calls outside _mutagen too
         raise _wrap(path, exc) from None
     except id3raw.Unsupported as exc:
         raise TagError(f"{exc}; left unchanged", path) from None

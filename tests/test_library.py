@@ -10,6 +10,7 @@ import sqlite3
 import unicodedata
 from pathlib import Path
 
+import pytest
 import sqlite_utils
 
 import tagger
@@ -204,3 +205,15 @@ def test_a_scan_keeps_the_rows_under_an_empty_mount_point_inside_its_folder(libr
     assert stats.removed == 0 and len(indexed(db)) == 7
     (library / "b").rmdir()               # the folder itself deleted: its files are gone
     assert tagger.scan([library], db, model_path, workers=0).removed == 2
+
+
+def test_a_prune_dry_run_only_reads(library, model_path, tmp_path):
+    db = tmp_path / "i.db"
+    tagger.scan([library], db, model_path, workers=0)
+    (library / "a" / "one.mp3").unlink()
+    with tagger.Index(db) as index, index.writer_lock():       # a scan is writing meanwhile
+        assert tagger.prune([], db, dry_run=True).removed == [str(library / "a" / "one.mp3")]
+        with pytest.raises(tagger.DatabaseError):
+            tagger.prune([], db)
+    with pytest.raises(tagger.UserError, match="--sort Path"):
+        list(tagger.Index(db, read_only=True).tracks(sort="Path"))

@@ -49,3 +49,11 @@ def test_index_stats_from_python(library, model_path, tmp_path):
 def test_stats_of_no_index_is_one_error_line(tmp_path):
     result = run("stats", "--db", tmp_path / "none.db", ok=1)
     assert result.stderr.startswith("Error:") and result.stderr.count("\n") == 1
+
+
+def test_stats_without_a_readable_model_still_counts(library, model_path, tmp_path, monkeypatch):
+    db = scanned(library, model_path, tmp_path)
+    monkeypatch.setenv("TAGGER_MODEL", str(tmp_path / "nowhere.pt"))
+    result = run("stats", "--db", db, "--format", "json")
+    assert json.loads(result.stdout)["tracks"] == 9 and json.loads(result.stdout)["stale"] == 0
+    assert result.stderr.startswith("Stale tracks not counted: ") and "nowhere.pt" in result.stderr

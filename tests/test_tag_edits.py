@@ -249,3 +249,10 @@ def test_a_new_genre_beside_kept_tagger_fields_reads_back(lib, db):
     result = run("write-tags", path, "--db", db, "--overwrite")
     assert "Wrote genres to 1 files" in result.stdout, result.output
     assert genres_of(path) == ["Hip-Hop"] and tagger_fields(path)["TAGGER_MODEL"] == [MODEL_ID]
+
+
+def test_a_dry_run_lists_a_file_that_would_get_only_the_tagger_fields(lib, originals, db):
+    result = run("write-tags", "--db", db, "--probabilities", "--dry-run")
+    assert f"{lib / 'cover.m4a'}: TAGGER_ fields only (genre kept: Jazz)\n" in result.stdout
+    for name in originals:
+        assert (lib / name).read_bytes() == originals[name].read_bytes(), name

@@ -33,8 +33,10 @@ UNWRAPPED = 1 << 16         # the width of a console that is not a terminal: not
 
 
 def display(path: str) -> str:
-    """A file name fit for a terminal (undecodable bytes shown as U+FFFD)."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """A file name fit for a terminal and for one line: undecodable bytes shown as U+FFFD,
+    a line break in a name as \\n (the machine formats keep the exact name)."""
+    return (path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            .replace("\n", "\\n").replace("\r", "\\r"))
 
 
 def genre_name(genre: str | None) -> str:

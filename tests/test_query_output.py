@@ -318,3 +318,13 @@ def test_verbose_scan_says_what_each_track_got(library, model_path, tmp_path):
     assert f"{library / 'a' / 'one.mp3'}: {output.genre_name(one['genre'])} " \
            f"{one['confidence']:.0%}" in result.stderr
     assert f"{library / 'c' / 'six.wav'}: " in result.stderr
+
+
+def test_a_line_break_in_a_name_keeps_a_table_row_on_one_line(tmp_path):
+    odd = str(tmp_path / "Music" / "two\nlines.flac")
+    db = store(tmp_path / "index.db",
+               TrackResult(odd, 1, 1, MODEL, "ok", probs("jazz", 0.7)),
+               TrackResult(str(tmp_path / "Music" / "plain.flac"), 1, 1, MODEL, "ok", probs("rock", 0.6)))
+    lines = run("query", "--db", db).stdout.splitlines()
+    assert len(lines) == 3 and lines[2].endswith("two\\nlines.flac")
+    assert json.loads(run("query", "--db", db, "--format", "json").stdout)[1]["path"] == odd

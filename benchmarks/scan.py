@@ -42,10 +42,18 @@ sys.path.insert(0, str(ROOT))
 
 from tagger import synth  # noqa: E402
 from tagger.crawl import crawl  # noqa: E402
-from tagger.features import FeatureSettings  # noqa: E402
 from tagger.pool import DecodeJob, DecodePool, Failure  # noqa: E402
 
 FORMATS = ["mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff"]
+# The floors run in processes of their own that must not pay for importing torch (which
+# tagger.features does): the excerpt settings reach them as arguments.
+EXCERPTS = "--excerpts"
+
+
+def excerpt_args() -> list[str]:
+    from tagger.features import FeatureSettings
+    s = FeatureSettings()
+    return [EXCERPTS, f"{s.sample_rate},{s.excerpt_windows},{s.excerpt_seconds}"]
 
 
 def music_like(seconds: float, sample_rate: int, seed: int) -> np.ndarray:
@@ -106,12 +114,10 @@ def run_measured(cmd: list[str]) -> tuple[float, int, str]:
     return time.perf_counter() - start, peak, out
 
 
-def decode_only(folder: Path, workers: int) -> None:
+def decode_only(folder: Path, workers: int, rate: int, windows: int, seconds: float) -> None:
     """The floor: crawl and decode the same excerpt windows with the same pool, no model."""
-    s = FeatureSettings()
     paths = [c.path for c in crawl([folder])]
-    jobs = DecodePool(workers).imap(
-        paths, lambda p: DecodeJob(p, s.sample_rate, s.excerpt_windows, s.excerpt_seconds))
+    jobs = DecodePool(workers).imap(paths, lambda p: DecodeJob(p, rate, windows, seconds))
     failed = sum(isinstance(result, Failure) for _, result in jobs)
     print(f"decoded {len(paths) - failed} of {len(paths)}")
 
@@ -143,10 +149,9 @@ def central_stretch(job: tuple[str, float, int]) -> int:
         return 0
 
 
-def physical_floor(folder: Path, workers: int) -> None:
+def physical_floor(folder: Path, workers: int, rate: int, windows: int, seconds: float) -> None:
     from concurrent.futures import ProcessPoolExecutor
-    s = FeatureSettings()
-    jobs = [(c.path, s.excerpt_windows * s.excerpt_seconds, s.sample_rate) for c in crawl([folder])]
+    jobs = [(c.path, windows * seconds, rate) for c in crawl([folder])]
     with ProcessPoolExecutor(max(1, workers)) as pool:
         decoded = list(pool.map(central_stretch, jobs, chunksize=4))
     print(f"decoded {sum(1 for n in decoded if n)} of {len(jobs)}")
@@ -164,11 +169,13 @@ def main() -> None:
                     "synthetic library, no rescan figure)")
     ap.add_argument("--decode-only", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--physical-floor", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument(EXCERPTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.decode_only:
-        return decode_only(args.decode_only, args.workers)
-    if args.physical_floor:
-        return physical_floor(args.physical_floor, args.workers)
+    if args.decode_only or args.physical_floor:
+        rate, windows, seconds = args.excerpts.split(",")
+        floor = decode_only if args.decode_only else physical_floor
+        return floor(args.decode_only or args.physical_floor, args.workers, int(rate),
+                     int(windows), float(seconds))
     if args.library:
         return measure_library(args)
 
@@ -184,6 +191,7 @@ def main() -> None:
         from tagger.model import GenreCRNN, ModelSettings
         torch.manual_seed(0)
         model = folder / "random.pt"
+        from tagger.features import FeatureSettings
         save(new_checkpoint(GenreCRNN(ModelSettings()), FeatureSettings()), model)
 
     cold_dir = folder / "cold"                             # the cold set: its own folder
@@ -212,9 +220,10 @@ def cold_figures(folder: Path, model: Path, workers: int, batch_size: int, work:
     scan of one short generated file."""
     n = sum(1 for _ in crawl([folder]))
     floor_seconds, _, _ = run_measured([sys.executable, __file__, "--decode-only", str(folder),
-                                        "--workers", str(workers)])
+                                        "--workers", str(workers), *excerpt_args()])
     physical_seconds, _, _ = run_measured([sys.executable, __file__, "--physical-floor",
-                                           str(folder), "--workers", str(workers)])
+                                           str(folder), "--workers", str(workers),
+                                           *excerpt_args()])
     scan = [sys.executable, "-m", "tagger", "scan", "--model", str(model), "--workers",
             str(workers), "--batch-size", str(batch_size)]
     for f in work.glob("cold.db*"):

@@ -697,8 +697,7 @@ class Index:
             raise UsageError(f"--limit {limit}: give 1 or more (leave it out for every track)")
         if sort is not None and sort not in SORTS:
             raise UsageError(f"--sort {sort}: choose one of {', '.join(SORTS)}")
-        absolute = [os.path.abspath(os.fspath(p)) for p in paths]
-        roots = list(dict.fromkeys([*absolute, *map(os.path.realpath, absolute)]))
+        roots = with_real([os.path.abspath(os.fspath(p)) for p in paths])
         return self.tracks(genre=genre_key(genre), min_confidence=min_confidence, failed=failed,
                            limit=limit, uncertain=uncertain, roots=roots, sort=sort)
 

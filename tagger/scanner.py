@@ -124,9 +124,9 @@ def prune_roots(index: Index, roots: Sequence[str], seen: set[str]) -> tuple[int
     """Remove the rows of files under the roots that are gone (seen: the real paths the
     crawl found). A root where the crawl found no file at all (a disk not mounted, a share
     offline) is left alone if the index has rows there: (removed, those roots)."""
-    roots = [os.path.abspath(r) for r in roots]
-    found = [r for r in roots if any(under(p, with_real([r])) for p in seen)]
-    empty = [r for r in roots if r not in found and index.prune([r], dry_run=True).removed]
+    forms = {r: with_real([r]) for r in map(os.path.abspath, roots)}  # as given, and real
+    found = [r for r, real in forms.items() if any(under(p, real) for p in seen)]
+    empty = [r for r in forms if r not in found and index.prune([r], dry_run=True).removed]
     removed = index.prune(found, seen=seen, keep_offline=True).removed if found else []
     return len(removed), empty
 

@@ -290,7 +290,7 @@ def tracks_to_tag(index: Index, roots: Sequence[str], genre: str | None) -> list
     root under which the index holds nothing is an error (no genre asked: it was never
     scanned)."""
     forms = {root: with_real([root]) for root in roots}     # a root as given and its real path
-    rows = [row for row in index.tracks(genre=genre) if under(row["path"], with_real(roots))]
+    rows = list(index.tracks(genre=genre, roots=with_real(roots)))
     for root, paths in forms.items():
         if genre is None and not any(under(row["path"], paths) for row in rows):
             raise UserError(f"{root}: no indexed tracks there; run `tagger scan` on it first")

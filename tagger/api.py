@@ -24,6 +24,7 @@ from tagger.index import Index, Pruned, Status, TrackResult, existing_index
 from tagger.modelfile import resolve_model
 
 if TYPE_CHECKING:                   # torch is imported when a model is loaded, not before
+    from tagger import scanner
     from tagger.classify import Classifier
     from tagger.crawl import Candidate
     from tagger.scanner import ScanStats
@@ -182,15 +183,28 @@ def scan(paths: Sequence[PathLike], db: PathLike | None = None,
         if on_start:
             on_start(len(todo))
         if todo:
-            loaded = model if isinstance(model, Model) else _load(model_path, device)
-            scanner.run_scan(todo, loaded.classifier, index,
+            scanner.run_scan(todo, _classifier(model, model_path, model_id, device), index,
                              workers=available_cores() if workers is None else workers,
                              batch_size=batch_size,
-                             on_result=(lambda r: on_result(Prediction.of(r, loaded.uncertain_below)))
+                             on_result=(lambda r: on_result(Prediction.of(r, stats.uncertain_below)))
                              if on_result else (lambda r: None),
                              should_stop=should_stop or (lambda: False), stats=stats,
                              on_decoded=on_decoded or (lambda path: None))
     return stats
+
+
+def _classifier(model: Model | PathLike | None, path: Path, model_id: str, device: str
+                ) -> Classifier | scanner.Loading:
+    """The scan's classifier: a Model's own, or the checkpoint at path, loading while the
+    decoders start (loaded first when its excerpt settings cannot be read without torch)."""
+    from tagger import scanner
+    from tagger.modelfile import excerpt_settings
+    if isinstance(model, Model):
+        return model.classifier
+    excerpts = excerpt_settings(path)
+    if excerpts is None:
+        return _load(path, device).classifier
+    return scanner.Loading(lambda: _load(path, device).classifier, model_id, excerpts)
 
 
 def prune(paths: Sequence[PathLike] = (), db: PathLike | None = None, *,

@@ -3,9 +3,13 @@ of an unchanged library never pays for loading the model)."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import io
 import os
+import pickle
 import stat
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -80,3 +84,40 @@ def resolve_model(option: Path | None) -> tuple[Path, str]:
         return path, file_model_id(path)
     except OSError as exc:
         raise UserError(f"{path}: cannot read the model ({exc.strerror})") from None
+
+
+class _PlainData(pickle.Unpickler):
+    """Unpickles a checkpoint's data.pkl without torch: its plain data as they are, every
+    tensor as None. Refuses any class that is neither (nothing from the file runs)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch._utils" and name.startswith("_rebuild_"):
+            return lambda *args, **kwargs: None
+        if module == "torch" and name.endswith("Storage"):
+            return None                     # named by the tensors' storage records only
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+
+    def persistent_load(self, pid):
+        return None
+
+
+def excerpt_settings(path: str | Path) -> tuple[int, int, float] | None:
+    """(sample rate, excerpt windows, seconds per window) of a checkpoint, read without
+    importing torch, so that decoding can start while torch and the model load. None when
+    the file does not say (checkpoint.load, which validates everything, then says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = next(i for i in archive.infolist() if i.filename.endswith("/data.pkl"))
+            if info.file_size > 2 << 20:   # as checkpoint.MAX_PICKLE_BYTES
+                return None
+            payload = _PlainData(io.BytesIO(archive.read(info))).load()
+        f = payload["features"]
+        settings = (f["sample_rate"], f["excerpt_windows"], f["excerpt_seconds"])
+        if not (type(settings[0]) is int and type(settings[1]) is int
+                and type(settings[2]) is float):
+            return None
+        return settings
+    except Exception:   # noqa: BLE001 - anything unreadable is for checkpoint.load to explain
+        return None

@@ -8,6 +8,7 @@ batch of decoded audio waits for the model.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
@@ -18,6 +19,7 @@ import numpy as np
 
 from tagger.crawl import Candidate, crawl, real_path
 from tagger.decode import Excerpts
+from tagger.errors import UserError
 from tagger.fingerprint import fingerprint
 from tagger.index import (Index, Known, TrackResult, gone, is_uncertain, offline, under,
                           with_real)
@@ -131,9 +133,55 @@ def prune_roots(index: Index, roots: Sequence[str], seen: set[str]) -> tuple[int
     return len(removed), empty
 
 
-def job_for(classifier: Classifier) -> Callable[[Candidate], DecodeJob]:
+class Loading:
+    """A classifier loading in a thread of its own (importing torch and reading the checkpoint
+    take seconds) while the decoder processes start on the first files: what they need, the
+    model id and the excerpt settings (modelfile.excerpt_settings), is known before. The
+    scan takes it where it takes a Classifier; result() waits for the load, and raises what
+    it raised."""
+
+    def __init__(self, load: Callable[[], Classifier], model_id: str,
+                 excerpts: tuple[int, int, float]):
+        self.model_id, self.excerpts = model_id, excerpts
+        self._classifier: Classifier | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._load, args=(load,), daemon=True,
+                                        name="tagger-load-model")
+        self._thread.start()
+
+    def _load(self, load: Callable[[], Classifier]) -> None:
+        try:
+            self._classifier = load()
+        except BaseException as exc:        # noqa: BLE001 - re-raised by result()
+            self._error = exc
+
+    def result(self) -> Classifier:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._classifier is not None
+        if (self._classifier.model_id, excerpts_of(self._classifier)) != (self.model_id,
+                                                                          self.excerpts):
+            raise UserError(f"the model file changed while it was loading (model id "
+                            f"{self.model_id}); run the scan again")
+        return self._classifier
+
+
+def excerpts_of(classifier: Classifier | Loading) -> tuple[int, int, float]:
+    """(sample rate, windows, seconds per window): what the decoders need of the model."""
+    if isinstance(classifier, Loading):
+        return classifier.excerpts
     s = classifier.settings
-    return lambda cand: DecodeJob(cand.path, s.sample_rate, s.excerpt_windows, s.excerpt_seconds)
+    return s.sample_rate, s.excerpt_windows, s.excerpt_seconds
+
+
+def loaded(classifier: Classifier | Loading) -> Classifier:
+    return classifier.result() if isinstance(classifier, Loading) else classifier
+
+
+def job_for(classifier: Classifier | Loading) -> Callable[[Candidate], DecodeJob]:
+    excerpts = excerpts_of(classifier)
+    return lambda cand: DecodeJob(cand.path, *excerpts)
 
 
 def classify_decoded(classifier: Classifier,
@@ -158,7 +206,7 @@ def classify_decoded(classifier: Classifier,
     return results
 
 
-def classify_files(todo: Sequence[Candidate], classifier: Classifier, *, workers: int,
+def classify_files(todo: Sequence[Candidate], classifier: Classifier | Loading, *, workers: int,
                    batch_size: int = 16, should_stop: Callable[[], bool] = lambda: False,
                    decode_timeout: float = DECODE_TIMEOUT,
                    function: Callable[[DecodeJob], Excerpts | Failure] = decode_job,
@@ -169,7 +217,8 @@ def classify_files(todo: Sequence[Candidate], classifier: Classifier, *, workers
     time, in completion order. on_decoded(path) is called as each file is decoded (or fails
     to be), before its batch goes through the model. When should_stop() turns true, what is
     already decoded is classified and yielded, and it returns. `function` is the decoder
-    (tests give others)."""
+    (tests give others). A Loading classifier is waited for when the first batch is
+    decoded: until then the decoders work while it loads."""
     decoded: list[tuple[Candidate, Excerpts]] = []
     failures = [failure_result(c, classifier.model_id, Failure(c.error, transient=True))
                 for c in todo if c.error]           # found by the crawl, but not readable
@@ -177,7 +226,17 @@ def classify_files(todo: Sequence[Candidate], classifier: Classifier, *, workers
         on_decoded(failure.path)
     todo = [c for c in todo if not c.error]
     workers = min(workers, len(todo))              # no idle decoder processes
-    classifier.share_cpu_with(workers)
+    ready: Classifier | None = None
+
+    def model() -> Classifier:
+        nonlocal ready
+        if ready is None:
+            ready = loaded(classifier)
+            ready.share_cpu_with(workers)
+        return ready
+
+    if not isinstance(classifier, Loading):
+        model()
     with closing(DecodePool(workers, timeout=decode_timeout, function=function)) as pool:
         for cand, result in pool.imap(todo, job_for(classifier), should_stop):
             if isinstance(result, Failure):
@@ -186,28 +245,32 @@ def classify_files(todo: Sequence[Candidate], classifier: Classifier, *, workers
                 decoded.append((cand, result))
             on_decoded(cand.path)
             if len(decoded) >= batch_size or len(failures) >= batch_size:
-                yield failures + classify_decoded(classifier, decoded)
+                yield failures + classify_decoded(model(), decoded)
                 decoded, failures = [], []
     if decoded or failures:
-        yield failures + classify_decoded(classifier, decoded)
+        yield failures + classify_decoded(model(), decoded)
 
 
-def run_scan(todo: Sequence[Candidate], classifier: Classifier, index: Index, *, workers: int,
-             batch_size: int = 16, on_result: Callable[[TrackResult], None] = lambda r: None,
+def run_scan(todo: Sequence[Candidate], classifier: Classifier | Loading, index: Index, *,
+             workers: int, batch_size: int = 16,
+             on_result: Callable[[TrackResult], None] = lambda r: None,
              should_stop: Callable[[], bool] = lambda: False, stats: ScanStats | None = None,
              decode_timeout: float = DECODE_TIMEOUT,
              on_decoded: Callable[[str], None] = lambda path: None) -> ScanStats:
     """Decode, classify and store `todo`; one transaction per batch (on_result(r) for each
     stored track; on_decoded as classify_files says). When should_stop() turns true, what
-    is already decoded is classified and stored, and the scan returns."""
+    is already decoded is classified and stored, and the scan returns. stats.uncertain_below
+    is the model's threshold from the first batch on."""
     stats = stats or ScanStats()
-    stats.uncertain_below = classifier.uncertain_below
-    index.note_model(classifier.model_id, classifier.uncertain_below)
     done = 0
     with closing(classify_files(todo, classifier, workers=workers, batch_size=batch_size,
                                 should_stop=should_stop, decode_timeout=decode_timeout,
                                 on_decoded=on_decoded)) as batches:
         for results in batches:
+            if not done:
+                model = loaded(classifier)
+                stats.uncertain_below = model.uncertain_below
+                index.note_model(model.model_id, model.uncertain_below)
             index.store(results)
             for r in results:
                 stats.count(r)

@@ -180,3 +180,17 @@ def test_the_readme_one_liner_runs(tmp_path):
                           cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"Prediction(path='{tmp_path / 'x.flac'}', status='ok'")
+
+
+def test_scan_gives_the_same_whether_the_model_loads_while_decoding_or_before(library, model_path,
+                                                                              tmp_path):
+    """A checkpoint path loads in a thread while the decoders start; a Model is loaded
+    already: the stored predictions are the same, bit for bit."""
+    rows = []
+    for model, db in ((model_path, tmp_path / "a.db"),
+                      (tagger.load_model(model_path, "cpu"), tmp_path / "b.db")):
+        got = []
+        stats = tagger.scan([library], db, model, workers=2, device="cpu", on_result=got.append)
+        assert stats.classified == len(got) > 0
+        rows.append(sorted((p.path, p.probabilities) for p in got))
+    assert rows[0] == rows[1]

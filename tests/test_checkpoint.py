@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import sqlite3
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -17,7 +20,8 @@ import torch
 from conftest import make_checkpoint, run
 from tagger import checkpoint
 from tagger.errors import CheckpointError, UserError
-from tagger.modelfile import MAX_CHECKPOINT_BYTES, default_model_path, resolve_model
+from tagger.modelfile import (MAX_CHECKPOINT_BYTES, default_model_path, excerpt_settings,
+                              resolve_model)
 
 
 def tampered(tmp_path: Path, change, name: str = "bad.pt") -> Path:
@@ -216,10 +220,11 @@ def one_error_line(result, expected: str) -> None:
     assert "Traceback" not in result.output and "Traceback" not in result.stderr
 
 
-def test_nan_weights_never_store_ok_rows(library, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])     # 2: the model loads while they decode
+def test_nan_weights_never_store_ok_rows(library, tmp_path, workers):
     bad = tampered(tmp_path, lambda p: p["state_dict"]["head.bias"].fill_(math.nan))
     db = tmp_path / "index.db"
-    result = run("scan", library, "--db", db, "--model", bad, "--workers", "0", ok=None)
+    result = run("scan", library, "--db", db, "--model", bad, "--workers", workers, ok=None)
     one_error_line(result, "head.bias holds 10 NaN or infinite values")
     assert scan_rows(db) == []
 
@@ -264,3 +269,30 @@ def test_oversized_metadata_is_refused_before_unpickling(tmp_path):
     bad = tampered(tmp_path, lambda p: p["provenance"].__setitem__("notes", "x" * (3 << 20)))
     [line] = problems(bad)
     assert line.startswith("its settings and metrics (bad/data.pkl) unpack to 3 MiB; at most 2 MiB")
+
+
+def test_excerpt_settings_are_read_without_torch(tmp_path):
+    """The scan starts its decoders on what excerpt_settings reads while torch and the model
+    load: it must agree with the full load, and import no torch."""
+    path = tampered(tmp_path, lambda p: p["features"].update(excerpt_windows=2, excerpt_seconds=7.5))
+    code = ("import sys; from tagger.modelfile import excerpt_settings; "
+            f"print(excerpt_settings({str(path)!r})); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["(22050, 2, 7.5)", "False"]
+    f = checkpoint.load(path).features
+    assert excerpt_settings(path) == (f.sample_rate, f.excerpt_windows, f.excerpt_seconds)
+
+
+def test_excerpt_settings_run_nothing_from_the_file(tmp_path):
+    """A data.pkl that would run a command when unpickled is refused, as torch.load does;
+    checkpoint.load then says why."""
+    class Boom:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("bad/data.pkl", pickle.dumps({"features": Boom()}))
+    assert excerpt_settings(bad) is None
+    assert not (tmp_path / "ran").exists()
+    assert excerpt_settings(tmp_path / "missing.pt") is None
+    assert excerpt_settings(tampered(tmp_path, lambda p: p["features"].update(excerpt_seconds="10"))) is None

@@ -12,6 +12,10 @@ path is a separate track to the scanner), then prints:
 - the cold scan's ratio to each (target: at least 0.7 of the physical floor), and to the
   physical floor with start-up excluded (the scan of one short file, as a whole process,
   stands for start-up: interpreter, imports, model load)
+- where the scan's CPU goes per track, the scan's own code timed stage by stage in one
+  process with one thread: start-up (CLI imports, torch import, model load), opening,
+  seeking, decoding (per format), resampling, fingerprint, log-mel, CNN, GRU, the fused
+  model's FCN, SQLite; beside it, the physical floor's own cost per track on one core
 - rescan: seconds for `tagger scan` of the unchanged library (target: under 2 s for 1,000)
 - peak RSS of the scan's whole process tree (target: under 1.5 GB)
 
@@ -157,6 +161,129 @@ def physical_floor(folder: Path, workers: int, rate: int, windows: int, seconds:
     print(f"decoded {sum(1 for n in decoded if n)} of {len(jobs)}")
 
 
+class _Clock:
+    """CPU seconds by stage, summed (time.process_time: this process, all its threads)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def wrap(self, owner, name: str, stage: str) -> None:
+        """Time every call of owner.name as `stage` (minus any stage timed inside it)."""
+        inner = getattr(owner, name)
+        clock = self
+
+        def timed(*args, **kwargs):
+            before = sum(clock.seconds.values())
+            t = time.process_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                nested = sum(clock.seconds.values()) - before
+                clock.add(stage, time.process_time() - t - nested)
+        setattr(owner, name, timed)
+
+    def hook(self, module, stage: str) -> None:
+        """Time a torch module's forward as `stage`."""
+        started = []
+        module.register_forward_pre_hook(lambda m, a: started.append(time.process_time()))
+        module.register_forward_hook(lambda m, a, o: self.add(stage, time.process_time() - started.pop()))
+
+
+def stages(folder: Path, model: Path, batch_size: int) -> None:
+    """Where one core's CPU time goes per track, the scan's own code run in one process with
+    one thread, each stage timed where it runs: start-up (torch import, model load), and per
+    file opening (probing), seeking, decoding, resampling (FFmpeg's resampler, per window),
+    fingerprint, log-mel, CNN, GRU, the fused model's FCN, and storing in SQLite."""
+    clock = _Clock()
+    t = time.process_time()
+    import tagger.cli  # noqa: F401 - what `tagger scan` imports before it finds work
+    clock.add("start-up: tagger's CLI imports", time.process_time() - t)
+    t = time.process_time()
+    import torch
+    torch.set_num_threads(1)
+    clock.add("start-up: import torch", time.process_time() - t)
+    t = time.process_time()
+    import av
+    from tagger import decode, pool
+    from tagger.checkpoint import load
+    from tagger.classify import Classifier
+    from tagger.index import Index
+    from tagger.scanner import classify_decoded
+    classifier = Classifier(load(model), "cpu")
+    clock.add("start-up: tagger imports, model load", time.process_time() - t)
+
+    class Resampler:                # decode.py's resampler, timed
+        def __init__(self, *args, **kwargs):
+            self._inner = av.AudioResampler(*args, **kwargs)
+
+        def resample(self, frame):
+            t = time.process_time()
+            try:
+                return self._inner.resample(frame)
+            finally:
+                clock.add("resampling", time.process_time() - t)
+
+    decode.av = type("av", (), {**{k: getattr(av, k) for k in dir(av) if not k.startswith("__")},
+                                "AudioResampler": Resampler})
+    clock.wrap(decode, "_open", "opening (probe)")
+    clock.wrap(decode._Decoder, "seek", "seeking")
+    clock.wrap(pool, "fingerprint", "fingerprint")
+    clock.hook(classifier.log_mel, "log-mel")
+    clock.hook(classifier.net.cnn, "CNN")
+    clock.hook(classifier.net.rnn, "GRU")
+    if classifier.net.fused:
+        clock.hook(classifier.net.teacher, "FCN (fused model's tags)")
+    by_format: dict[str, list[float]] = {}
+    decoded, n = [], 0
+    s = classifier.settings
+    excerpts = (s.sample_rate, s.excerpt_windows, s.excerpt_seconds)
+    with tempfile.TemporaryDirectory() as tmp, Index(Path(tmp) / "stages.db") as index:
+        clock.wrap(index, "store", "SQLite store")
+        for cand in crawl([folder]):
+            timed, fingerprint = sum(clock.seconds.values()), clock.seconds.get("fingerprint", 0)
+            t = time.process_time()
+            result = pool.decode_job(pool.DecodeJob(cand.path, *excerpts))
+            spent = time.process_time() - t
+            clock.add("decoding", spent - (sum(clock.seconds.values()) - timed))
+            by_format.setdefault(Path(cand.path).suffix.lower(), []).append(
+                spent - (clock.seconds["fingerprint"] - fingerprint))
+            n += 1
+            if not isinstance(result, pool.Failure):
+                decoded.append((cand, result))
+            if len(decoded) == batch_size:
+                index.store(classify_decoded(classifier, decoded))
+                decoded = []
+        if decoded:
+            index.store(classify_decoded(classifier, decoded))
+    paths = [c.path for c in crawl([folder])]
+    t = time.process_time()
+    for path in paths:
+        central_stretch((path, excerpts[1] * excerpts[2], excerpts[0]))
+    floor = (time.process_time() - t) / max(len(paths), 1)
+    print(f"where the scan's CPU goes, one process, one thread ({n} tracks, CPU seconds):")
+    for stage, seconds in clock.seconds.items():
+        if stage.startswith("start-up"):
+            print(f"  {stage:38s} {seconds:7.2f} s once")
+    per_track = {k: v for k, v in clock.seconds.items() if not k.startswith("start-up")}
+    for stage, seconds in per_track.items():
+        print(f"  {stage:38s} {1000 * seconds / max(n, 1):7.1f} ms")
+    print(f"  {'total per track':38s} {1000 * sum(per_track.values()) / max(n, 1):7.1f} ms")
+    for fmt, costs in sorted(by_format.items()):
+        print(f"  open+seek+decode+resample {fmt:12s} {1000 * float(np.mean(costs)):7.1f} ms "
+              f"({len(costs)} files)")
+    print(f"  {'physical floor (one central stretch)':38s} {1000 * floor:7.1f} ms")
+
+
+def print_stages(folder: Path, model: Path, batch_size: int) -> None:
+    interpreter, _, _ = run_measured([sys.executable, "-c", "pass"])
+    print(f"start-up: the interpreter alone, {interpreter:.2f} s (wall)")
+    print(run_measured([sys.executable, __file__, "--stages-of", str(folder), "--model",
+                        str(model), "--batch-size", str(batch_size)])[2], end="")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracks", type=int, default=200, help="tracks in the cold scan")
@@ -170,7 +297,10 @@ def main() -> None:
     ap.add_argument("--decode-only", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--physical-floor", type=Path, help=argparse.SUPPRESS)
     ap.add_argument(EXCERPTS, help=argparse.SUPPRESS)
+    ap.add_argument("--stages-of", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.stages_of:
+        return stages(args.stages_of, args.model, args.batch_size)
     if args.decode_only or args.physical_floor:
         rate, windows, seconds = args.excerpts.split(",")
         floor = decode_only if args.decode_only else physical_floor
@@ -211,6 +341,7 @@ def main() -> None:
 
     print(f"workers: {args.workers}, batch size: {args.batch_size}, CPU threads: {os.cpu_count()}")
     print_cold(figures)
+    print_stages(cold_dir, model, args.batch_size)
     print(f"rescan, unchanged:  {rescan_seconds:6.2f} s for {len(tracks)} tracks  (target < 2 s for 1,000)")
     print(f"peak RSS, rescan:   {rescan_peak / 2**20:6.0f} MiB")
 
@@ -259,6 +390,7 @@ def measure_library(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="tagger-bench-"))
     print(f"library: {args.library} (as it is); model: {model}; workers: {args.workers}")
     print_cold(cold_figures(args.library, model, args.workers, args.batch_size, work))
+    print_stages(args.library, model, args.batch_size)
     shutil.rmtree(work, ignore_errors=True)
 
 

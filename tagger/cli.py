@@ -99,7 +99,16 @@ class Verbosity:
 
 
 shown = Verbosity()
-LISTINGS = {"query", "show", "stats"}      # whose stdout is what was asked for, quiet or not
+
+
+@dataclass
+class Settings:
+    """The config file the root command read for this command line (tagger.config.Config)."""
+    config: object = None
+
+
+settings = Settings()
+LISTINGS = {"query", "show", "stats", "config"}    # whose stdout is what was asked for, quiet or not
 
 
 def use_consoles(command: str | None = None) -> None:
@@ -923,7 +932,7 @@ def write_tags(
     from tagger.writetags import TagOptions, write_tags as write
     opts = TagOptions(top_k, min_confidence, not only_missing, probabilities,
                       None if id3v23 is None else (3 if id3v23 else 4), dry_run, include_uncertain,
-                      genre_names=user_config().genre_names)
+                      genre_names=settings.config.genre_names)
     stats = run_tag_command("Writing tags", dry_run, write, paths or [], db, genre=genre,
                             options=opts)
     print_tag_summary(stats, "Would write genres to" if dry_run else "Wrote genres to",
@@ -1027,11 +1036,6 @@ def check(
                             "copies what can be read into a new index", str(db))
 
 
-def user_config():
-    """The config file that the root command read for this command line (see root)."""
-    return typer.main.get_current_context().find_root().obj
-
-
 @app.command("config")
 @cli_errors
 def show_config(
@@ -1047,25 +1051,23 @@ def show_config(
 
     Example: [bold]tagger config --format json[/bold]
     """
-    root = ctx.find_root()
-    loaded = root.obj
     from tagger.config import COMMANDS
-    commands = root.command.commands
+    loaded, commands = settings.config, ctx.find_root().command.commands
     builtin = {name: next(p.default for c in names or commands for p in commands[c].params
                           if p.name == name) for name, names in COMMANDS.items()}
     builtin["db"], builtin["model"] = str(builtin["db"]), builtin["model"] or "default"
-    settings = loaded.settings(builtin)
+    effective = loaded.settings(builtin)
     if fmt is ShowFormat.json:
         output.write_json_object({
             "config_file": {"path": str(loaded.path), "from": loaded.origin, "found": loaded.found},
-            "settings": {name: {"value": s.value, "from": s.source} for name, s in settings.items()},
+            "settings": {name: {"value": s.value, "from": s.source} for name, s in effective.items()},
             "genres": loaded.genre_names})
         return
     named = {"default": "the default place", "--config": "--config"}.get(loaded.origin, loaded.origin)
     out.print(f"Config file: {output.display(str(loaded.path))} ({named}"
               + ("" if loaded.found else "; not there: the built-in defaults") + ")",
               highlight=False, markup=False)
-    for rows, head in ((((n, str(s.value), s.source) for n, s in settings.items()),
+    for rows, head in ((((n, str(s.value), s.source) for n, s in effective.items()),
                         ("Setting", "Value", "From")),
                        (((g, "; ".join(words)) for g, words in loaded.genre_names.items()),
                         ("Genre", "Written as"))):
@@ -1099,12 +1101,12 @@ def root(ctx: typer.Context,
         return
     from tagger import config as configfile
     try:
-        ctx.obj = configfile.load(config)
+        settings.config = configfile.load(config)
     except TaggerError as exc:
         err.print(f"[red]Error:[/red] {escape(output.display(str(exc)))}", highlight=False)
         raise typer.Exit(1) from None
     # the file's defaults go below the flags and environment variables (click's default_map)
-    ctx.default_map = ctx.obj.default_map({name: [p.name for p in command.params]
+    ctx.default_map = settings.config.default_map({name: [p.name for p in command.params]
                                            for name, command in ctx.command.commands.items()})
 
 

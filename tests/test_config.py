@@ -84,6 +84,7 @@ def test_tagger_config_shows_the_genre_map(tmp_path):
     assert genres["rock"] == ["Rock", "Rock & Roll"] and genres["jazz"] == ["Jazz"]
     table = run("config").stdout
     assert "Rock; Rock & Roll" in table and "Hip-Hop" in table
+    assert run("config", "--quiet").stdout == table          # what was asked for, quiet or not
 
 
 # -- defaults and where each came from ---------------------------------------------------------

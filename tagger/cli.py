@@ -32,6 +32,7 @@ from rich.text import Text
 
 from tagger import __version__, output
 from tagger.basics import DB_ENV_VAR, DEVICES, available_cores, default_db_path
+from tagger.config import ENV_VAR as CONFIG_ENV_VAR
 from tagger.errors import DatabaseError, OutputError, TaggerError, UsageError, UserError
 from tagger.genres import GENRES, genre_key
 from tagger.recipe import CACHE_ENV_VAR, UNCERTAIN_BELOW, TrainSettings
@@ -98,7 +99,16 @@ class Verbosity:
 
 
 shown = Verbosity()
-LISTINGS = {"query", "show", "stats"}      # whose stdout is what was asked for, quiet or not
+
+
+@dataclass
+class Settings:
+    """The config file the root command read for this command line (tagger.config.Config)."""
+    config: object = None
+
+
+settings = Settings()
+LISTINGS = {"query", "show", "stats", "config"}    # whose stdout is what was asked for, quiet or not
 
 
 def use_consoles(command: str | None = None) -> None:
@@ -921,7 +931,8 @@ def write_tags(
     """
     from tagger.writetags import TagOptions, write_tags as write
     opts = TagOptions(top_k, min_confidence, not only_missing, probabilities,
-                      None if id3v23 is None else (3 if id3v23 else 4), dry_run, include_uncertain)
+                      None if id3v23 is None else (3 if id3v23 else 4), dry_run, include_uncertain,
+                      genre_names=settings.config.genre_names)
     stats = run_tag_command("Writing tags", dry_run, write, paths or [], db, genre=genre,
                             options=opts)
     print_tag_summary(stats, "Would write genres to" if dry_run else "Wrote genres to",
@@ -1025,6 +1036,50 @@ def check(
                             "copies what can be read into a new index", str(db))
 
 
+@app.command("config")
+@cli_errors
+def show_config(
+    ctx: typer.Context,
+    fmt: Annotated[ShowFormat, typer.Option("--format", "-f", help="Output format.")] = ShowFormat.table,
+) -> None:
+    """Print the config file in use, each default (db, model, workers, min_confidence, top_k)
+    with where it comes from, and the words write-tags writes for each genre.
+
+    A flag beats an environment variable, which beats the config file, which beats the
+    built-in default. Another file: [bold]tagger --config FILE COMMAND[/bold] (or
+    $TAGGER_CONFIG). The README's Configuration shows an example file.
+
+    Example: [bold]tagger config --format json[/bold]
+    """
+    from tagger.config import COMMANDS
+    loaded, commands = settings.config, ctx.find_root().command.commands
+    builtin = {name: next(p.default for c in names or commands for p in commands[c].params
+                          if p.name == name) for name, names in COMMANDS.items()}
+    builtin["db"], builtin["model"] = str(builtin["db"]), builtin["model"] or "default"
+    effective = loaded.settings(builtin)
+    if fmt is ShowFormat.json:
+        output.write_json_object({
+            "config_file": {"path": str(loaded.path), "from": loaded.origin, "found": loaded.found},
+            "settings": {name: {"value": s.value, "from": s.source} for name, s in effective.items()},
+            "genres": loaded.genre_names})
+        return
+    named = {"default": "the default place", "--config": "--config"}.get(loaded.origin, loaded.origin)
+    out.print(f"Config file: {output.display(str(loaded.path))} ({named}"
+              + ("" if loaded.found else "; not there: the built-in defaults") + ")",
+              highlight=False, markup=False)
+    for rows, head in ((((n, str(s.value), s.source) for n, s in effective.items()),
+                        ("Setting", "Value", "From")),
+                       (((g, "; ".join(words)) for g, words in loaded.genre_names.items()),
+                        ("Genre", "Written as"))):
+        table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+        for name in head:
+            table.add_column(name)
+        for row in rows:
+            table.add_row(*map(escape, map(output.display, row)))
+        out.print()
+        out.print(table)
+
+
 def version_callback(value: bool) -> None:
     if value:
         out.print(f"tagger {__version__}")
@@ -1032,11 +1087,27 @@ def version_callback(value: bool) -> None:
 
 
 @app.callback()
-def root(version: Annotated[bool, typer.Option("--version", callback=version_callback,
-                                               is_eager=True, help="Print the version.")] = False):
+def root(ctx: typer.Context,
+         version: Annotated[bool, typer.Option("--version", callback=version_callback,
+                                               is_eager=True, help="Print the version.")] = False,
+         config: Annotated[Optional[Path], typer.Option(
+             "--config", metavar="FILE", show_default=False,
+             help=f"The config file: genre words and defaults (see tagger config). \\[default: "
+                  f"${CONFIG_ENV_VAR}, else config.toml in the user's config folder]")] = None):
     """Genre probabilities for a local music library, from the audio itself."""
     shown.quiet = shown.verbose = False       # each command line starts loud (see Verbosity)
     use_consoles()
+    if ctx.resilient_parsing:                 # shell completion
+        return
+    from tagger import config as configfile
+    try:
+        settings.config = configfile.load(config)
+    except TaggerError as exc:
+        err.print(f"[red]Error:[/red] {escape(output.display(str(exc)))}", highlight=False)
+        raise typer.Exit(1) from None
+    # the file's defaults go below the flags and environment variables (click's default_map)
+    ctx.default_map = settings.config.default_map({name: [p.name for p in command.params]
+                                           for name, command in ctx.command.commands.items()})
 
 
 def output_failed(exc: OutputError) -> int:

@@ -44,6 +44,9 @@ class TagOptions:
     id3_version: int | None = None   # 3 or 4 converts ID3v2 tags; None keeps each file's own
     dry_run: bool = False
     include_uncertain: bool = False  # also write tracks whose top genre is below the threshold
+    # genre key -> the words written for it (the config file's [genres]: Config.genre_names);
+    # a genre not in it, or None, gets its display name
+    genre_names: dict[str, list[str]] | None = None
 
 
 Action = Literal["written", "unchanged", "kept", "below", "uncertain", "skipped"]
@@ -197,7 +200,9 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
     below = f"below {opts.min_confidence:.0%} confidence"
     if not chosen and not opts.probabilities:
         return Outcome(path, "below", reason=below)
-    names = [DISPLAY_NAMES.get(g, g) for g in chosen]
+    words = opts.genre_names or {}
+    names = list(dict.fromkeys(word for g in chosen
+                               for word in words.get(g) or [DISPLAY_NAMES.get(g, g)]))
     try:
         st = _check_current(index, row)
         state = tags.read(path)

@@ -35,8 +35,10 @@ def model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
-    """No test reads or writes the user's real index or model settings."""
+    """No test reads or writes the user's real index, model settings or config file."""
     monkeypatch.delenv("TAGGER_MODEL", raising=False)
+    monkeypatch.delenv("TAGGER_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config-home"))
     monkeypatch.setenv("TAGGER_DB", str(tmp_path / "env-index.db"))
     monkeypatch.setenv("TAGGER_CACHE", str(tmp_path / "feature-cache"))
 

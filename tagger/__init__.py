@@ -1,9 +1,10 @@
 """tagger: genre probabilities for a local music library, from the audio itself.
 
 The Python API (see the README's "Python API"): load_model, Model, Prediction, scan, prune,
-ScanStats, Index, IndexStats, write_tags, restore_tags, TagOptions, TagStats, and the errors
-they raise (TaggerError and its kinds). Importing tagger imports none of them until first used, so
-that scripts and the light commands start fast; torch loads with the first model.
+ScanStats, Index, IndexStats, write_tags, restore_tags, TagOptions, TagStats, write_report (the
+HTML report), and the errors they raise (TaggerError and its kinds). Importing tagger imports
+none of them until first used, so that scripts and the light commands start fast; torch loads
+with the first model.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _EXPORTS = {
     "TagOptions": "tagger.writetags", "TagStats": "tagger.writetags", "Outcome": "tagger.writetags",
     "TaggerError": "tagger.errors", "UserError": "tagger.errors", "DatabaseError": "tagger.errors",
     "CheckpointError": "tagger.errors", "DecodeError": "tagger.errors", "TagError": "tagger.errors",
-    "GENRES": "tagger.genres",
+    "GENRES": "tagger.genres", "write_report": "tagger.htmlreport",
 }
 __all__ = ["__version__", *_EXPORTS]
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from tagger.errors import (CheckpointError, DatabaseError, DecodeError, TagError,
                                TaggerError, UserError)
     from tagger.genres import GENRES
+    from tagger.htmlreport import write_report
     from tagger.index import Index, IndexStats, TrackResult
     from tagger.scanner import ScanStats
     from tagger.writetags import Outcome, TagOptions, TagStats, restore_tags, write_tags

@@ -826,6 +826,33 @@ def stats(
     out.print(table)
 
 
+@app.command()
+@cli_errors
+def report(
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        help="Only tracks in these folders (or these files). \\[default: the whole index]",
+        show_default=False)] = None,
+    out_file: Annotated[Path, typer.Option(
+        "--out", "-o", metavar="FILE.html",
+        help="The page to write; an existing one is replaced whole.")] = Path("report.html"),
+    db: DbOption = default_db_path(),
+) -> None:
+    """Write what the index holds as one HTML page to open in a browser: the genres, a
+    histogram of confidence, each genre's surest tracks, the uncertain and failed ones, and
+    every track in a table to sort and filter.
+
+    The page needs no network (CSS, charts and script are inside it): it can be mailed or
+    copied to a phone.
+
+    Example: [bold]tagger report ~/Music/Jazz --out jazz.html[/bold]
+    """
+    from tagger.htmlreport import write_report
+    s = write_report(out_file, db, paths or ())
+    out.print(f"Wrote {output.display(str(out_file))}: {s.tracks} tracks ({s.classified} "
+              f"classified, {s.uncertain} uncertain, {s.failed} failed, {s.silent} silent).",
+              highlight=False, markup=False)
+
+
 class TagStopRequest(StopRequest):
     message = "Stopping after the file being written... (Ctrl-C again to stop now)"
 

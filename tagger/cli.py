@@ -847,7 +847,8 @@ def report(
     Example: [bold]tagger report ~/Music/Jazz --out jazz.html[/bold]
     """
     from tagger.htmlreport import write_report
-    s = write_report(out_file, db, paths or ())
+    words = {genre: "; ".join(names) for genre, names in settings.config.genre_names.items()}
+    s = write_report(out_file, db, paths or (), names=words)
     out.print(f"Wrote {output.display(str(out_file))}: {s.tracks} tracks ({s.classified} "
               f"classified, {s.uncertain} uncertain, {s.failed} failed, {s.silent} silent).",
               highlight=False, markup=False)

@@ -292,3 +292,16 @@ def test_a_headless_browser_renders_the_table_and_the_chart(scanned, tmp_path):
     assert len(colours) > 20                # text, bars: not a blank page
     # the histogram's columns are on screen
     assert any(abs(r - 0x5b) + abs(g - 0x6b) + abs(b - 0x82) < 12 for _, (r, g, b) in colours)
+
+
+def test_the_report_names_genres_with_the_users_words(scanned, tmp_path):
+    """The config file's [genres] words, as write-tags writes them."""
+    root, db = scanned
+    stats = json.loads(run("stats", "--db", db, "--format", "json").stdout)
+    words = {g: [f"My {g} <{i}>", "alt"] for i, g in enumerate(stats["genres"])}
+    config = Path(os.environ["XDG_CONFIG_HOME"]) / "tagger" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[genres]\n" + "".join(f"{g} = {json.dumps(w)}\n" for g, w in words.items()))
+    page = report(db, tmp_path / "report.html")
+    bars = page.by_id("genres").all("rect", class_="bar")
+    assert {b.attrs["data-genre"] for b in bars} == {"; ".join(w) for w in words.values()}

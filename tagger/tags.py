@@ -221,9 +221,11 @@ class TagState:
         """The TAGGER_ fields the file holds."""
         return [kv for kv in self.fields if not _is_genre(self.table, kv[0])]
 
-    def genre_fields(self) -> Pairs:
-        """The genre field's values as stored (ID3: raw text, "(17)" and "/" as they are)."""
-        return [kv for kv in self.fields if _is_genre(self.table, kv[0])]
+    def genre_fields(self, pairs: Sequence[Sequence[str]] | None = None) -> Pairs:
+        """The genre field's values as stored (ID3: raw text, "(17)" and "/" as they are);
+        or those among `pairs` (an undo record's fields)."""
+        return [tuple(kv) for kv in (self.fields if pairs is None else pairs)
+                if _is_genre(self.table, kv[0])]
 
     def own_genre(self) -> Pairs:
         """genre_fields(), or for an mp3 with no TCON frame the ID3v1 genre a reader sees."""

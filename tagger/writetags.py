@@ -205,14 +205,13 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
         _check_own_record(index, path, state)
         custom = (tags.custom_fields(state, row["probabilities"], row["model_id"])
                   if opts.probabilities else None)
-        added = _still_added(index, path, state)        # the genre field stays, or:
-        if chosen and opts.append:
+        if chosen and opts.append:          # the file's own values, then tagger's
             genre, added = _appended(index, path, state, st, names)
             names = state.shown(genre)
             if state.same_genre(genre, opts.id3_version) and (
                     custom is None or sorted(state.custom()) == sorted(custom)):
                 return Outcome(path, "unchanged", state.genres, state.genres, UNCHANGED)
-            left = None
+            left, pairs = None, genre + list(custom or ())
         elif not chosen:
             left = Outcome(path, "below", state.genres, state.genres, below)
         elif state.holds(names, custom, opts.id3_version):
@@ -225,10 +224,8 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
             if custom is None or sorted(state.custom()) == sorted(custom):
                 return left
             left.tagger_fields = True
-            pairs = state.keeping_genre(custom)
-        elif opts.append:
-            pairs = genre + list(custom or ())
-        else:
+            pairs, added = state.keeping_genre(custom), _still_added(index, path, state)
+        elif not opts.append:
             pairs, added = state.planned(names, custom or ()), None
         _write(index, path, st, state, pairs, opts, added)
     except TagError as exc:
@@ -267,7 +264,7 @@ def _appended(index: Index, path: str, state: tags.TagState, st: os.stat_result,
     if before is not None:
         own = tags.without(state, [a for a in before if a not in names])[0]
     elif saved is not None and not _edited(index, path, state, st):
-        own = [tuple(kv) for kv in saved["fields"] if kv[0].upper() == state.table.genre_key.upper()]
+        own = state.genre_fields(saved["fields"])
     else:
         own = state.own_genre()
     genre, new = tags.appended(state, own, names)
@@ -328,7 +325,7 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False,
         take_out = changed == CHANGED and backup.get("added") is not None
         if take_out:
             pairs = _taken_out(index, path, state, backup, force)
-            old = state.shown([kv for kv in pairs if kv[0] == state.table.genre_key])
+            old = state.shown(state.genre_fields(pairs))
         elif not force and changed:
             raise TagError(changed, path)
         if tags.read_only(path):
@@ -354,11 +351,12 @@ def _taken_out(index: Index, path: str, state: tags.TagState, backup: dict,
     file is CHANGED, as with any edit of what tagger wrote, unless force: then the rest of
     tagger's values go."""
     genre, gone = tags.without(state, backup["added"])
-    key = state.table.genre_key.upper()
-    ours = [kv for kv in index.written_fields(path) or () if kv[0].upper() != key]
+    written = index.written_fields(path) or []
+    ours = [kv for kv in written if kv not in state.genre_fields(written)]
     if not force and (gone or not tags.same_fields(state, state.genre_fields() + ours)):
         raise TagError(CHANGED, path)
-    return genre + [tuple(kv) for kv in backup["fields"] if kv[0].upper() != key]
+    saved = [tuple(kv) for kv in backup["fields"]]
+    return genre + [kv for kv in saved if kv not in state.genre_fields(saved)]
 
 
 def tracks_to_tag(index: Index, roots: Sequence[str], genre: str | None) -> list[dict]:

@@ -237,8 +237,8 @@ class TagState:
 
     def same_genre(self, pairs: Pairs, id3_version: int | None = None) -> bool:
         """True if the genre field already holds these values, in this order (in v2.3 and
-        2.2, once "/"-joined)."""
-        a, b = [v for _, v in self.genre_fields()], [v for _, v in pairs]
+        2.2, once "/"-joined; an mp3 with no TCON frame, as its ID3v1 genre)."""
+        a, b = [v for _, v in self.own_genre()], [v for _, v in pairs]
         return "/".join(a) == "/".join(b) if self.slash_joined(id3_version) else a == b
 
     def shown(self, pairs: Pairs) -> list[str]:

@@ -300,3 +300,11 @@ def test_append_dry_run_and_usage(lib, odd, db):
     result = run("write-tags", "--db", db, "--append", "--overwrite", ok=2)
     assert "--append" in result.output and "--overwrite" in result.output
     assert "--append" in run("write-tags", "--help").stdout
+
+
+def test_a_genre_a_reader_already_sees_in_id3v1_is_not_copied(lib, odd, db):
+    rock = {g: 0.1 / 8 for g in GENRES} | {"rock": 0.6, "jazz": 0.3}
+    _reindex(db, lib, rock)
+    result = run("write-tags", "--db", db, "--append", lib / "v1only.mp3")
+    assert "0 files: 1 unchanged" in result.stdout
+    assert (lib / "v1only.mp3").read_bytes() == odd["v1only.mp3"].read_bytes()

@@ -226,6 +226,9 @@ def test_restore_after_a_hand_edit_takes_out_only_taggers_values(lib, odd, db):
     for name, (edit, _) in EDITED.items():
         set_values(lib / name, edit)
         assert values(lib / name) == edit, name
+    dry = run("restore-tags", "--db", db, "--dry-run")
+    assert f"{lib / 'v24.mp3'}: Música; Hip-Hop; Blues -> Música; Blues\n" in dry.stdout
+    assert f"{lib / 'odd.opus'}: Hip-Hop; Música -> Música\n" in dry.stdout
     result = run("restore-tags", "--db", db)
     assert "0 skipped" in result.stdout
     for name, (_, left) in EDITED.items():

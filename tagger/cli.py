@@ -933,6 +933,10 @@ def write_tags(
     only_missing: Annotated[bool, typer.Option(
         "--only-missing/--overwrite",
         help="Leave files that already have a genre, or replace it.")] = True,
+    append: Annotated[bool, typer.Option(
+        "--append",
+        help="Add the genres beside the values the file's genre field has, keeping them all "
+             "(none twice, case aside); restore-tags takes out only what was added.")] = False,
     include_uncertain: Annotated[bool, typer.Option(
         "--include-uncertain",
         help="Also write tracks whose top genre is below their model's threshold (`tagger "
@@ -958,9 +962,12 @@ def write_tags(
     Example: [bold]tagger write-tags ~/Music/Jazz --top-k 2 --min-confidence 0.3 --dry-run[/bold]
     """
     from tagger.writetags import TagOptions, write_tags as write
+    if append and not only_missing:
+        raise typer.BadParameter("--append keeps the file's genre and --overwrite replaces it: "
+                                 "pass one of them", param_hint="--append")
     opts = TagOptions(top_k, min_confidence, not only_missing, probabilities,
                       None if id3v23 is None else (3 if id3v23 else 4), dry_run, include_uncertain,
-                      genre_names=settings.config.genre_names)
+                      append=append, genre_names=settings.config.genre_names)
     stats = run_tag_command("Writing tags", dry_run, write, paths or [], db, genre=genre,
                             options=opts)
     print_tag_summary(stats, "Would write genres to" if dry_run else "Wrote genres to",

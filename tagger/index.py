@@ -803,11 +803,11 @@ class Index:
     # has one, found by its real path, or by the device and inode of the file tagger last
     # wrote there if that file is still what tagger wrote (inodes are reused once freed).
 
-    _RECORD = "SELECT id, written_size, written_mtime_ns, written_fields FROM tag_backups"
+    _RECORD = "SELECT id, written_size, written_mtime_ns, written_fields, fields FROM tag_backups"
 
     def _record(self, path: str) -> tuple | None:
-        """(id, written_size, written_mtime_ns, written_fields) of the record of the file at
-        path, or None."""
+        """(id, written_size, written_mtime_ns, written_fields, fields) of the record of the
+        file at path, or None."""
         row = self.db.execute(f"{self._RECORD} WHERE real_path = ?",
                               [to_db_path(os.path.realpath(path))]).fetchone()
         if row is not None:
@@ -870,6 +870,13 @@ class Index:
         return [tuple(kv) for kv in json.loads(record[3])] if record and record[3] else None
 
     @_sqlite_errors
+    def saved(self, path: str) -> dict | None:
+        """The undo record of the file at path (TagState.backup(), and "added": the genre
+        values that write-tags --append put beside the file's own), or None."""
+        record = self._record(path)
+        return json.loads(record[4]) if record else None
+
+    @_sqlite_errors
     def rebase(self, path: str, fields: dict) -> None:
         """Make the file's current fields its record's original: another program changed
         them since tagger wrote it, and a restore must give back that program's edit."""
@@ -883,18 +890,28 @@ class Index:
 
     @_sqlite_errors
     def note_identity(self, record_id: int | None, st: os.stat_result,
-                      fields: Sequence[tuple[str, str]] | None = None) -> None:
+                      fields: Sequence[tuple[str, str]] | None = None,
+                      added: Sequence[str] | None = None) -> None:
         """The device and inode of the file that has just replaced the record's file, and
         the genre and TAGGER_ fields that write-tags put in it (None: a restore, after which
-        the record goes). Noted after the rename: a kill before it leaves the fields of the
-        file still there."""
+        the record goes), with the genre values of those that are tagger's beside the
+        file's own (write-tags --append; None: the genre field is tagger's or the file's).
+        Noted after the rename: a kill before it leaves the fields of the file still there."""
         if record_id is None:
             return
         self._write("UPDATE tag_backups SET dev = ?, ino = ? WHERE id = ?",
                     [st.st_dev, st.st_ino, record_id])
-        if fields is not None:
-            self._write("UPDATE tag_backups SET written_fields = ? WHERE id = ?",
-                        [json.dumps([list(kv) for kv in fields], ensure_ascii=False), record_id])
+        if fields is None:
+            return
+        saved = json.loads(self.db.execute("SELECT fields FROM tag_backups WHERE id = ?",
+                                           [record_id]).fetchone()[0])
+        saved.pop("added", None)
+        if added is not None:
+            saved["added"] = list(added)
+        with self.db.atomic():
+            self.db.execute("UPDATE tag_backups SET written_fields = ?, fields = ? WHERE id = ?",
+                            [json.dumps([list(kv) for kv in fields], ensure_ascii=False),
+                             json.dumps(saved, ensure_ascii=False), record_id])
 
     @_sqlite_errors
     def drop_record(self, record_id: int | None) -> None:

@@ -221,6 +221,31 @@ class TagState:
         """The TAGGER_ fields the file holds."""
         return [kv for kv in self.fields if not _is_genre(self.table, kv[0])]
 
+    def genre_fields(self, pairs: Sequence[Sequence[str]] | None = None) -> Pairs:
+        """The genre field's values as stored (ID3: raw text, "(17)" and "/" as they are);
+        or those among `pairs` (an undo record's fields)."""
+        return [tuple(kv) for kv in (self.fields if pairs is None else pairs)
+                if _is_genre(self.table, kv[0])]
+
+    def own_genre(self) -> Pairs:
+        """genre_fields(), or for an mp3 with no TCON frame the ID3v1 genre a reader sees."""
+        return self.genre_fields() or [(self.table.genre_key, g) for g in self.genres]
+
+    def slash_joined(self, id3_version: int | None = None) -> bool:
+        """True if several genres are one "/"-joined value: ID3v2.3 and 2.2."""
+        return self.table is ID3_FIELDS and _target_version(self, id3_version) in (2, 3)
+
+    def same_genre(self, pairs: Pairs, id3_version: int | None = None) -> bool:
+        """True if the genre field already holds these values, in this order (in v2.3 and
+        2.2, once "/"-joined; an mp3 with no TCON frame, as its ID3v1 genre)."""
+        a, b = [v for _, v in self.own_genre()], [v for _, v in pairs]
+        return "/".join(a) == "/".join(b) if self.slash_joined(id3_version) else a == b
+
+    def shown(self, pairs: Pairs) -> list[str]:
+        """The genres a reader would see in a genre field of these values."""
+        values = [v for _, v in pairs]
+        return TCON(encoding=3, text=values).genres if self.table is ID3_FIELDS else values
+
     def keeping_genre(self, custom: Pairs) -> Pairs:
         """The managed fields that keep the file's genre field as it is, with these TAGGER_
         fields (an mp3's ID3v1 genre, outside them, stays too)."""
@@ -235,6 +260,60 @@ class TagState:
         """The JSON-able undo record of this state."""
         return {"fields": [list(kv) for kv in self.fields], "tagged": self.tagged,
                 "id3_version": self.id3_version, **self.details}
+
+
+def _alike(a: str, b: str) -> bool:
+    return a.strip().casefold() == b.strip().casefold()
+
+
+def _readings(state: TagState, value: str) -> list[str]:
+    """The genres one stored value may stand for: itself, what an ID3 reader makes of it
+    ("(7)" and "7" are ID3v1's Hip-Hop) and, in ID3v2.3 and 2.2, its "/"-joined parts."""
+    if state.table is not ID3_FIELDS:
+        return [value]
+    return [value, *TCON(encoding=3, text=[value]).genres,
+            *(value.split("/") if state.slash_joined() else [])]
+
+
+def appended(state: TagState, own: Pairs, names: Sequence[str]) -> tuple[Pairs, list[str]]:
+    """(`own` genre values followed by each of `names` that none of them already is, case
+    and surrounding spaces aside; those names): what write-tags --append writes."""
+    seen = [r for _, v in own for r in _readings(state, v)]
+    new = [n for n in names if not any(_alike(n, r) for r in seen)]
+    return list(own) + [(state.table.genre_key, n) for n in new], new
+
+
+def without(state: TagState, values: Sequence[str]) -> tuple[Pairs, list[str]]:
+    """(the file's genre values less one of each of `values`, exactly as tagger wrote them,
+    in ID3v2.3 and 2.2 also out of a "/"-joined value; those of `values` not found)."""
+    left, out = list(values), []
+    for key, value in state.genre_fields():
+        if value in left:
+            left.remove(value)
+            continue
+        if state.slash_joined() and "/" in value:
+            parts = value.split("/")
+            kept = []
+            for part in parts:
+                if part in left:
+                    left.remove(part)
+                else:
+                    kept.append(part)
+            if len(kept) < len(parts):
+                out += [(key, "/".join(kept))] if kept else []
+                continue
+        out.append((key, value))
+    return out, left
+
+
+def rebuilt(state: TagState, genre: Pairs) -> dict:
+    """An undo record of this state with `genre` as its genre field: a file that another
+    program edited since write-tags --append, less tagger's values. It holds no raw frames
+    or places; a restore writes its values in the style of the file's genre field."""
+    backup = state.backup()
+    backup.pop("frames", None)
+    backup.pop("positions", None)
+    return backup | {"fields": [list(kv) for kv in [*genre, *state.custom()]], "rebuilt": True}
 
 
 def _is_genre(table, key: str) -> bool:
@@ -390,12 +469,15 @@ def _target_version(state: TagState, asked: int | None) -> int:
 
 
 def write_fields(path: str, pairs: Pairs, custom_too: bool, id3_version: int | None = None,
-                 before_replace: Callable[[os.stat_result], None] = lambda st: None) -> os.stat_result:
+                 before_replace: Callable[[os.stat_result], None] = lambda st: None,
+                 keep_style: bool = False) -> os.stat_result:
     """Replace the file's genre field (and, if custom_too, every TAGGER_ field) with `pairs`,
     safely. id3_version 3 or 4 converts an existing ID3v2 tag; None keeps its version (2.4
     for a new tag). before_replace(stat of the new file) runs just before it takes the
-    original's place. Returns the file's new stat. Raises TagError."""
-    return _edit_tags(path, pairs, custom_too, id3_version, None, before_replace)
+    original's place. keep_style (values added to or taken from the file's own): an ID3
+    genre frame keeps its text encoding and its v2.3 separator (see _kept_style).
+    Returns the file's new stat. Raises TagError."""
+    return _edit_tags(path, pairs, custom_too, id3_version, None, before_replace, keep_style)
 
 
 def restore_fields(path: str, backup: dict,
@@ -407,11 +489,12 @@ def restore_fields(path: str, backup: dict,
     pairs = [tuple(kv) for kv in backup["fields"]]
     # back to the file's own version; a v2.2 tag that an older tagger made v2.4 stays v2.4
     version = backup["id3_version"] if backup["tagged"] and backup["id3_version"] in (3, 4) else None
-    return _edit_tags(path, pairs, True, version, backup, before_replace)
+    return _edit_tags(path, pairs, True, version, backup, before_replace,
+                      keep_style=backup.get("rebuilt", False))
 
 
 def _edit_tags(path: str, pairs: Pairs, custom_too: bool, asked: int | None, backup: dict | None,
-               before_replace=lambda st: None) -> os.stat_result:
+               before_replace=lambda st: None, keep_style: bool = False) -> os.stat_result:
     """Put `pairs` in place of the managed fields on a safe copy, and verify the copy."""
     kind = type(_load(path)[0])             # the copy's name does not tell mutagen the type
 
@@ -421,7 +504,7 @@ def _edit_tags(path: str, pairs: Pairs, custom_too: bool, asked: int | None, bac
         version = None
         if table is ID3_FIELDS:
             version = _target_version(state, asked)
-            _write_id3(temp, f, state, pairs, custom_too, version, backup)
+            _write_id3(temp, f, state, pairs, custom_too, version, backup, keep_style)
         else:
             if f.tags is None:
                 with _mutagen(temp, "write"):
@@ -434,7 +517,7 @@ def _edit_tags(path: str, pairs: Pairs, custom_too: bool, asked: int | None, bac
 
 
 def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, version: int,
-               backup: dict | None) -> None:
+               backup: dict | None, keep_style: bool = False) -> None:
     """At the tag's own version, frame by frame: tagger's frames are dropped, the new ones
     (a restore: the old ones' bytes) go where the first genre frame was, and every other
     frame keeps its bytes. A version change goes through mutagen, unless it would lose a
@@ -453,8 +536,9 @@ def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, ve
                                                    base64.b64decode(data), version))
             else:
                 at = drop.index(True) - sum(drop[:drop.index(True)]) if any(drop) else len(frames)
+                style, sep = _kept_style(state, pairs, backup) if keep_style else (backup, "/")
                 with _mutagen(temp, "write"):
-                    new = [_raw_frame(fr, version) for fr in _id3_frames(pairs, backup)]
+                    new = [_raw_frame(fr, version, sep) for fr in _id3_frames(pairs, style)]
                 frames[at:at] = [fr for fr in new if fr is not None]
             tag.frames = frames
             body, flags = tag.body(), tag.flags
@@ -472,9 +556,31 @@ def _write_id3(temp: str, f, state: TagState, pairs: Pairs, custom_too: bool, ve
         id3raw.write(fh, place, id3raw.assemble(version, flags, body, size))
 
 
-def _raw_frame(frame, version: int) -> id3raw.Frame | None:
-    """A mutagen frame as raw bytes at v2.`version` (v2.2: the v2.3 payload, 3-letter id)."""
-    data = save_frame(frame, config=ID3SaveConfig(3 if version == 2 else version, "/"))
+def _kept_style(state: TagState, pairs: Pairs, backup: dict | None) -> tuple[dict, str | None]:
+    """(encodings, v2.3 separator) for a genre frame whose values are the file's own with
+    some added or taken out: the frame's own text encoding (Latin-1 only while every value
+    fits in it; a restore's backup has the last word), and in v2.3 and 2.2 its own way of
+    holding several values: null bytes if it holds several or an empty one, else "/"."""
+    own = (state.details.get("encodings") or {}).get("TCON")
+    encodings = ({"TCON": own} if own is not None else {}) | ((backup or {}).get("encodings") or {})
+    if encodings.get("TCON") == 0 and not all(_latin1(v) for k, v in pairs if k == "TCON"):
+        encodings["TCON"] = 3
+    values = [v for k, v in state.fields if k == "TCON"]
+    return {"encodings": encodings}, None if len(values) > 1 or "" in values else "/"
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _raw_frame(frame, version: int, sep: str | None = "/") -> id3raw.Frame | None:
+    """A mutagen frame as raw bytes at v2.`version` (v2.2: the v2.3 payload, 3-letter id);
+    several values joined by `sep` in v2.3 and 2.2 (None: null bytes)."""
+    data = save_frame(frame, config=ID3SaveConfig(3 if version == 2 else version, sep))
     if not data:                        # mutagen writes no frame for an empty text
         return None
     if version == 2:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tagger import tags
-from tagger.errors import TagError, UserError
+from tagger.errors import TagError, UsageError, UserError
 from tagger.genres import DISPLAY_NAMES, genre_key
 from tagger.index import Index, existing_index, under, with_real
 
@@ -44,6 +44,7 @@ class TagOptions:
     id3_version: int | None = None   # 3 or 4 converts ID3v2 tags; None keeps each file's own
     dry_run: bool = False
     include_uncertain: bool = False  # also write tracks whose top genre is below the threshold
+    append: bool = False             # add the genres beside the file's own (see _appended)
     # genre key -> the words written for it (the config file's [genres]: Config.genre_names);
     # a genre not in it, or None, gets its display name
     genre_names: dict[str, list[str]] | None = None
@@ -209,7 +210,14 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
         _check_own_record(index, path, state)
         custom = (tags.custom_fields(state, row["probabilities"], row["model_id"])
                   if opts.probabilities else None)
-        if not chosen:
+        if chosen and opts.append:          # the file's own values, then tagger's
+            genre, added = _appended(index, path, state, st, names)
+            names = state.shown(genre)
+            if state.same_genre(genre, opts.id3_version) and (
+                    custom is None or sorted(state.custom()) == sorted(custom)):
+                return Outcome(path, "unchanged", state.genres, state.genres, UNCHANGED)
+            left, pairs = None, genre + list(custom or ())
+        elif not chosen:
             left = Outcome(path, "below", state.genres, state.genres, below)
         elif state.holds(names, custom, opts.id3_version):
             return Outcome(path, "unchanged", state.genres, state.genres, UNCHANGED)
@@ -221,40 +229,82 @@ def tag_one(index: Index, row: dict, opts: TagOptions) -> Outcome:
             if custom is None or sorted(state.custom()) == sorted(custom):
                 return left
             left.tagger_fields = True
-            pairs = state.keeping_genre(custom)
-        else:
-            pairs = state.planned(names, custom or ())
-        _write(index, path, st, state, pairs, opts)
+            pairs, added = state.keeping_genre(custom), _still_added(index, path, state)
+        elif not opts.append:
+            pairs, added = state.planned(names, custom or ()), None
+        _write(index, path, st, state, pairs, opts, added)
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)
     return left or Outcome(path, "written", state.genres, names)
 
 
+def _edited(index: Index, path: str, state: tags.TagState, st: os.stat_result) -> bool:
+    """True if another program changed the file's genre or TAGGER_ fields since tagger wrote
+    them (not a write of tagger's killed before its fields were noted: see note_identity)."""
+    return (changed_since_written(index, path, state, st) == CHANGED
+            and index.written_version(path) != _version(st))
+
+
+def _still_added(index: Index, path: str, state: tags.TagState) -> list[str] | None:
+    """The values that write-tags --append added to the file's genre and that are still
+    there (None: tagger did not append to it)."""
+    added = (index.saved(path) or {}).get("added")
+    if added is None:
+        return None
+    still = list(added)
+    for gone in tags.without(state, added)[1]:
+        still.remove(gone)
+    return still
+
+
+def _appended(index: Index, path: str, state: tags.TagState, st: os.stat_result,
+              names: list[str]) -> tuple[tags.Pairs, list[str]]:
+    """write-tags --append: (the genre field to write, the values of it that are tagger's).
+    The file's own values stay as they are, and each of `names` that none of them is
+    already (case and surrounding spaces aside) follows them. The file's own values are its
+    genre field less what tagger appended to it before and no longer chooses; after a
+    write that replaced the genre, those the undo record kept."""
+    saved = index.saved(path)
+    before = _still_added(index, path, state)
+    if before is not None:
+        own = tags.without(state, [a for a in before if a not in names])[0]
+    elif saved is not None and not _edited(index, path, state, st):
+        own = state.genre_fields(saved["fields"])
+    else:
+        own = state.own_genre()
+    genre, new = tags.appended(state, own, names)
+    return genre, [a for a in before or () if a in names] + new
+
+
 def _write(index: Index, path: str, st: os.stat_result, state: tags.TagState,
-           pairs: tags.Pairs, opts: TagOptions) -> None:
+           pairs: tags.Pairs, opts: TagOptions, added: list[str] | None = None) -> None:
     """Put pairs in place of the file's genre (and TAGGER_ fields, with probabilities), its
-    undo record saved first. A file that another program changed since tagger last wrote it
-    gets that program's fields as its original, so that a restore gives them back."""
+    undo record saved first; `added`: the genre values that are tagger's beside the file's
+    own (write-tags --append), noted in the record. A file that another program changed
+    since tagger last wrote it gets that program's fields as its original, so that a
+    restore gives them back: less tagger's values, where tagger appended them."""
     if tags.read_only(path):
         raise TagError("read-only; left unchanged", path)
     if opts.dry_run:
         tags.check_conversion(path, opts.id3_version)
         return
-    if (changed_since_written(index, path, state, st) == CHANGED
-            and index.written_version(path) != _version(st)):   # not a write killed before
-        index.rebase(path, state.backup())          # its fields were noted: see note_identity
+    if _edited(index, path, state, st):
+        before = (index.saved(path) or {}).get("added")
+        index.rebase(path, state.backup() if before is None else
+                     tags.rebuilt(state, tags.without(state, before)[0]))
     created = index.save_backup(path, state.backup())
     record = index.record_id(path)
     written = state.after(pairs, opts.probabilities)
     try:
         new = tags.write_fields(path, pairs, custom_too=opts.probabilities,
                                 id3_version=opts.id3_version,
-                                before_replace=_note_written(index, path))
+                                before_replace=_note_written(index, path),
+                                keep_style=added is not None)
     except TagError:
         if created:     # nothing was written: a record kept now could later undo
             index.drop_record(record)   # another program's edit
         raise
-    index.note_identity(record, new, written)
+    index.note_identity(record, new, written, added)
     index.moved_on(path, _version(st), _version(new))
 
 
@@ -263,7 +313,8 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False,
     """Put back a file's genre and TAGGER_ fields as they were before the first write-tags,
     then forget the backup. The index follows the file as write-tags makes it do. A file
     whose genre or TAGGER_ fields changed since tagger wrote them is left as it is (its
-    record kept) unless force."""
+    record kept) unless force; where tagger appended its genres, only a change to those
+    values or to the TAGGER_ fields counts (see _taken_out)."""
     try:
         st = _stat(path)
         state = tags.read(path)
@@ -275,19 +326,42 @@ def restore_one(index: Index, path: str, backup: dict, dry_run: bool = False,
             if not dry_run:
                 index.drop_record(index.record_id(path))
             return Outcome(path, "unchanged", state.genres, state.genres)
-        if not force and (changed := changed_since_written(index, path, state, st)):
+        changed = changed_since_written(index, path, state, st)
+        take_out = changed == CHANGED and backup.get("added") is not None
+        if take_out:
+            pairs = _taken_out(index, path, state, backup, force)
+            old = state.shown(state.genre_fields(pairs))
+        elif not force and changed:
             raise TagError(changed, path)
         if tags.read_only(path):
             raise TagError("read-only; left unchanged", path)
         if not dry_run:
-            record = index.record_id(path)
-            new = tags.restore_fields(path, backup, before_replace=_note_written(index, path))
+            record, note = index.record_id(path), _note_written(index, path)
+            new = (tags.write_fields(path, pairs, True, before_replace=note, keep_style=True)
+                   if take_out else tags.restore_fields(path, backup, before_replace=note))
             index.note_identity(record, new)
             index.moved_on(path, _version(st), _version(new))
             index.drop_record(record)
     except TagError as exc:
         return Outcome(path, "skipped", reason=exc.reason)
     return Outcome(path, "written", state.genres, old)
+
+
+def _taken_out(index: Index, path: str, state: tags.TagState, backup: dict,
+               force: bool) -> tags.Pairs:
+    """A restore of a file whose genre another program edited since write-tags --append:
+    tagger's values go from the genre field, the other values stay as they are now, and the
+    TAGGER_ fields go back to the record's. If that program changed tagger's own part (one
+    of tagger's values is not there as tagger wrote it, or the TAGGER_ fields changed), the
+    file is CHANGED, as with any edit of what tagger wrote, unless force: then the rest of
+    tagger's values go."""
+    genre, gone = tags.without(state, backup["added"])
+    written = index.written_fields(path) or []
+    ours = [kv for kv in written if kv not in state.genre_fields(written)]
+    if not force and (gone or not tags.same_fields(state, state.genre_fields() + ours)):
+        raise TagError(CHANGED, path)
+    saved = [tuple(kv) for kv in backup["fields"]]
+    return genre + [kv for kv in saved if kv not in state.genre_fields(saved)]
 
 
 def tracks_to_tag(index: Index, roots: Sequence[str], genre: str | None) -> list[dict]:
@@ -332,6 +406,9 @@ def write_tags(paths: Sequence[str | os.PathLike] = (), db: str | os.PathLike | 
     each file. A file that cannot be written is skipped with a reason; errors about the index
     or the arguments raise TaggerError."""
     opts = options or TagOptions()
+    if opts.append and opts.overwrite:
+        raise UsageError("--append keeps the file's genre and --overwrite replaces it: "
+                         "pass one of them")
     key = genre_key(genre)
     index, roots = existing_index(db), [os.path.abspath(p) for p in paths]
     with index, index.writer_lock():

@@ -311,3 +311,21 @@ def test_a_genre_a_reader_already_sees_in_id3v1_is_not_copied(lib, odd, db):
     result = run("write-tags", "--db", db, "--append", lib / "v1only.mp3")
     assert "0 files: 1 unchanged" in result.stdout
     assert (lib / "v1only.mp3").read_bytes() == odd["v1only.mp3"].read_bytes()
+
+
+def test_append_uses_the_users_words_and_never_adds_one_the_file_has(lib, db, tmp_path):
+    """The config file's [genres] words are what --append adds; a word the file already has,
+    in another case, is not added again; restore gives the file back."""
+    import os
+    config = Path(os.environ["XDG_CONFIG_HOME"]) / "tagger" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[genres]\nhiphop = ["Hip Hop", "Rap"]\n')
+    flac, opus = lib / "odd.flac", lib / "odd.opus"
+    _vorbis(opus, [("GENRE", "rap"), ("GENRE", "Ambient")])
+    index_as_scanned(db, [opus])                        # as scanned after that edit
+    before = {p: snapshot(p) for p in (flac, opus)}
+    run("write-tags", flac, opus, "--db", db, "--append")
+    assert values(flac) == ["Rock", "", "Électro", "Hip Hop", "Rap"]
+    assert values(opus) == ["rap", "Ambient", "Hip Hop"]
+    run("restore-tags", flac, opus, "--db", db)
+    assert {p: snapshot(p) for p in (flac, opus)} == before

@@ -53,10 +53,12 @@ def test_a_hanging_decoder_is_given_up_on(tmp_path):
 def test_a_slow_consumer_is_not_a_hung_decoder(tmp_path):
     good = files(tmp_path, 8)
     results = {}
-    for item, result in DecodePool(2, timeout=1.0).imap(good, job_of):
+    # The timeout counts from when a file is handed to a worker, the worker's own start-up
+    # included: 3 s leaves room for that on a busy machine (1 s did not).
+    for item, result in DecodePool(2, timeout=3.0).imap(good, job_of):
         results[item] = result
         if len(results) == 1:
-            time.sleep(2.5)                   # longer than the timeout
+            time.sleep(4.5)                   # longer than the timeout
     assert not any(isinstance(r, Failure) for r in results.values())
 
 

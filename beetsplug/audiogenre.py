@@ -74,6 +74,10 @@ class AudioGenrePlugin(BeetsPlugin):
         """Classify the items (through tagger's index) and store what the model says;
         say(line) tells what is stored, warn(line) why an item is not."""
         names = self._names()
+        if not 0 <= (self.config["min_confidence"].get(confuse.Optional(float)) or 0) <= 1:
+            raise ui.UserError("audiogenre: min_confidence must be between 0 and 1")
+        if self.config["top_k"].get(int) < 1:
+            raise ui.UserError("audiogenre: top_k must be 1 or more")
         db = self.config["db"].get(confuse.Optional(str))
         workers = self.config["workers"].get(confuse.Optional(int))
         todo = []
@@ -90,8 +94,9 @@ class AudioGenrePlugin(BeetsPlugin):
         try:
             model, model_id = self._model()
             api.scan([p for _, p in todo], db, model, force=force, prune=False, workers=workers,
-                     on_start=lambda n: n and say(f"audiogenre: classifying {n} of {len(todo)} "
-                                                  "files (the others are in tagger's index)"))
+                     on_start=lambda n: n and say(
+                         f"audiogenre: classifying {n} of {len(todo)} files" + (
+                             " (the others are in tagger's index)" if n < len(todo) else "")))
             predictions = api.stored([p for _, p in todo], db)
         except TaggerError as exc:
             raise ui.UserError(f"audiogenre: {exc}") from None

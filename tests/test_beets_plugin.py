@@ -175,11 +175,15 @@ def test_a_corrupt_or_silent_file_is_reported_and_the_others_tagged(tmp_path, mo
     assert not any(k.startswith("audiogenre") for n in ("broken.mp3", "quiet.wav") for k in items[n])
 
 
-def test_bad_map_is_a_one_line_error(tmp_path, model_path, tracks):
-    beets = Beets(tmp_path, model_path, map={"polka": "Polka"})
+@pytest.mark.parametrize("options, error", [
+    ({"map": {"polka": "Polka"}}, "audiogenre: map: unknown genre 'polka'; use one of blues,"),
+    ({"min_confidence": 1.5}, "audiogenre: min_confidence must be between 0 and 1"),
+    ({"top_k": 0}, "audiogenre: top_k must be 1 or more")])
+def test_a_bad_option_is_a_one_line_error(tmp_path, model_path, tracks, options, error):
+    beets = Beets(tmp_path, model_path, **options)
     beets.add(tracks[0])
     out = beets.beet("audiogenre", ok=False)
-    assert "unknown genre 'polka'" in out and "Traceback" not in out
+    assert error in out and "Traceback" not in out and len(out.strip().splitlines()) == 1
 
 
 def test_import_hook_classifies_items_as_they_are_imported(tmp_path, model_path, tracks):
@@ -198,3 +202,13 @@ def test_import_hook_classifies_items_as_they_are_imported(tmp_path, model_path,
         assert MediaFile(os.fsdecode(item["path"])).genres == [item["audiogenre"]]
     assert all(not MediaFile(t).genres for t in tracks)                 # the originals: untouched
     assert "classifying" not in beets.beet("audiogenre")
+
+
+def test_top_k_sets_several_genres_best_first(tmp_path, model_path, tracks):
+    beets = Beets(tmp_path, model_path, write_genre=True, top_k=3, min_confidence=0.0)
+    beets.add(tracks[0])
+    beets.beet("audiogenre")
+    probabilities = query(beets.index)["one.flac"]["probabilities"]
+    best = sorted(probabilities, key=probabilities.get, reverse=True)[:3]
+    assert MediaFile(tracks[0]).genres == [DISPLAY_NAMES[g] for g in best]
+    assert beets.items()["one.flac"]["audiogenre"] == DISPLAY_NAMES[best[0]]

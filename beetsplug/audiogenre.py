@@ -78,7 +78,7 @@ class AudioGenrePlugin(BeetsPlugin):
             raise ui.UserError("audiogenre: min_confidence must be between 0 and 1")
         if self.config["top_k"].get(int) < 1:
             raise ui.UserError("audiogenre: top_k must be 1 or more")
-        db = self.config["db"].get(confuse.Optional(str))
+        db = self.config["db"].as_filename() if self.config["db"].get() else None
         workers = self.config["workers"].get(confuse.Optional(int))
         todo = []
         for item in items:
@@ -150,6 +150,7 @@ class AudioGenrePlugin(BeetsPlugin):
     def _model(self) -> tuple[str | None, str]:
         """The model option as tagger takes it, and its model id."""
         model = self.config["model"].get(confuse.Optional(str))
+        model = model and os.path.expanduser(model)         # a shipped name, or a file
         return model, resolve_model(None if model is None else Path(model))[1]
 
     def _names(self):

@@ -54,8 +54,8 @@ class Beets:
             lib.add(item)
         lib._close()
 
-    def beet(self, *args: str, ok: bool = True) -> str:
-        env = {**os.environ, "BEETSDIR": str(self.home),
+    def beet(self, *args: str, ok: bool = True, **env: str) -> str:
+        env = {**os.environ, **env, "BEETSDIR": str(self.home),
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         done = subprocess.run([sys.executable, "-m", "beets", *args], capture_output=True,
                               text=True, env=env, timeout=300)
@@ -212,3 +212,14 @@ def test_top_k_sets_several_genres_best_first(tmp_path, model_path, tracks):
     best = sorted(probabilities, key=probabilities.get, reverse=True)[:3]
     assert MediaFile(tracks[0]).genres == [DISPLAY_NAMES[g] for g in best]
     assert beets.items()["one.flac"]["audiogenre"] == DISPLAY_NAMES[best[0]]
+
+
+def test_the_index_and_model_paths_may_start_with_a_tilde(tmp_path, model_path, tracks):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "m.pt").write_bytes(model_path.read_bytes())
+    beets = Beets(tmp_path, model_path)
+    beets.configure(model="~/m.pt", db="~/idx.db", workers=0)
+    beets.add(tracks[0])
+    beets.beet("audiogenre", HOME=str(tmp_path / "home"))
+    assert query(tmp_path / "home" / "idx.db")["one.flac"]["genre"]
+    assert beets.items()["one.flac"]["audiogenre"]

@@ -46,13 +46,14 @@ class Prediction:
     duration: float | None = None   # seconds
     error: str | None = None
     model_id: str = ""
+    uncertain_below: float = 0.0    # the model's threshold
 
     @classmethod
     def of(cls, result: TrackResult, uncertain_below: float) -> Prediction:
         row = result.as_row(uncertain_below)
         return cls(result.path, result.status, row["genre"], row["confidence"],
                    row["probabilities"], row["uncertain"], result.duration, result.error,
-                   result.model_id)
+                   result.model_id, uncertain_below)
 
     def as_row(self) -> dict:
         """The dict that Index.tracks() yields for a stored track (for tagger.output)."""
@@ -220,3 +221,40 @@ def prune(paths: Sequence[PathLike] = (), db: PathLike | None = None, *,
             return index.prune(roots, dry_run=True)
     with existing_index(db) as index, index.writer_lock():
         return index.prune(roots)
+
+
+def stored(paths: Sequence[PathLike], db: PathLike | None = None) -> dict[str, Prediction]:
+    """What the index `db` holds for each of these files (see `scan`), by the path given; a
+    file is found by its real path, as `scan` stores it. A file it holds nothing for is left
+    out. Check the prediction's model_id: a file may have been scanned with another model."""
+    from tagger.crawl import real_path
+    wanted: dict[str, list[str]] = {}
+    for p in paths:
+        wanted.setdefault(real_path(os.path.abspath(p)), []).append(os.fspath(p))
+    found: dict[str, Prediction] = {}
+    reals = list(wanted)
+    with existing_index(db, read_only=True) as index:
+        for start in range(0, len(reals), 500):
+            for row in index.tracks(paths=reals[start:start + 500]):
+                for given in wanted[row["path"]]:
+                    found[given] = Prediction(
+                        given, row["status"], row["genre"], row["confidence"],
+                        row["probabilities"], row["uncertain"], row["duration"], row["error"],
+                        row["model_id"], row["uncertain_below"])
+    return {os.fspath(p): found[os.fspath(p)] for p in paths if os.fspath(p) in found}
+
+
+def retagged(files: dict[PathLike, tuple[int, int]], db: PathLike | None = None) -> None:
+    """Tell the index `db` that another program (a tag editor, beets) rewrote the tags, not
+    the audio, of these files, each of which was (size, mtime_ns) before: their predictions
+    follow them, so that the next scan does not classify them again. A file whose row is not
+    of that version (or that has none) is left as it is."""
+    from tagger.crawl import real_path
+    with existing_index(db) as index, index.writer_lock():
+        for path, before in files.items():
+            real = real_path(os.path.abspath(path))
+            try:
+                st = os.stat(real)
+            except OSError:
+                continue
+            index.moved_on(real, tuple(before), (st.st_size, st.st_mtime_ns))

@@ -583,16 +583,17 @@ class Index:
     def tracks(self, genre: str | None = None, min_confidence: float | None = None,
                failed: bool = False, limit: int | None = None,
                uncertain: bool = False, roots: Sequence[str] = (),
-               sort: Sort | None = None) -> Iterator[dict]:
+               sort: Sort | None = None, paths: Sequence[str] = ()) -> Iterator[dict]:
         """Rows for listing. Each dict has path, genre, confidence, probabilities {genre: p}
         (best first), model_id, error, status, uncertain (its top probability is below its
-        model's threshold), match (the probability of `genre`; None without one), size,
-        mtime_ns, duration (seconds, None if unknown) and scanned_at.
+        model's threshold, uncertain_below), match (the probability of `genre`; None without
+        one), size, mtime_ns, duration (seconds, None if unknown) and scanned_at.
 
         genre alone: tracks whose top genre it is. genre and min_confidence: tracks whose
         probability for it is at least min_confidence, top genre or not. uncertain: only
         the uncertain ones. roots (absolute paths, taken as they are): only these files and
-        what is under these folders.
+        what is under these folders. paths: only the files stored at these exact paths (as
+        stored: real paths; a few hundred at a time).
 
         sort: "path"; "genre" (top genre, then most confident first); "confidence" (match
         with a genre, else the top probability, highest first); "scanned" (latest first).
@@ -613,12 +614,15 @@ class Index:
                 where.append("t.genre = ?")
                 params.append(genre)
         columns = ("t.id, t.path, t.genre, t.confidence, t.model_id, t.error, t.status,"
-                   f" t.size, t.mtime_ns, t.confidence < {threshold}, t.duration, t.scanned_at,"
+                   f" t.size, t.mtime_ns, {threshold}, t.duration, t.scanned_at,"
                    f" {score if genre is not None else 'NULL'}")
         if failed:
             where.append("t.status != 'ok'")
         if uncertain:
             where.append(f"t.status = 'ok' AND t.confidence < {threshold}")
+        if paths:
+            where.append(f"t.path IN ({','.join('?' * len(paths))})")
+            params += [to_db_path(p) for p in paths]
         if roots:           # compared as bytes: a name stored as raw bytes is one too
             where.append("(" + " OR ".join(["CAST(t.path AS BLOB) = ? OR substr(CAST(t.path AS"
                                             " BLOB), 1, ?) = ?"] * len(roots)) + ")")
@@ -641,13 +645,14 @@ class Index:
                     f"SELECT track_id, genre, probability FROM probabilities WHERE track_id IN ({marks})"
                     " ORDER BY track_id, probability DESC", list(probs)):
                 probs[track_id][g] = p
-            for (track_id, path, top, confidence, model_id, error, status, size, mtime_ns, below,
-                 duration, scanned_at, match) in rows:
+            for (track_id, path, top, confidence, model_id, error, status, size, mtime_ns,
+                 below, duration, scanned_at, match) in rows:
                 yield {"path": from_db_path(path), "genre": top, "confidence": confidence,
                        "probabilities": probs[track_id], "model_id": model_id, "error": error,
                        "status": status, "size": size, "mtime_ns": mtime_ns,
-                       "uncertain": status == "ok" and bool(below), "match": match,
-                       "duration": duration, "scanned_at": scanned_at}
+                       "uncertain": status == "ok" and is_uncertain(confidence, below),
+                       "uncertain_below": below, "match": match, "duration": duration,
+                       "scanned_at": scanned_at}
 
     def _threshold(self) -> str:
         """SQL for the uncertainty threshold of a track t's model (an index not migrated yet,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import tagger
+from tagger import api
 from tagger.tags import read as read_tags
 
 from conftest import write_track
@@ -194,3 +195,49 @@ def test_scan_gives_the_same_whether_the_model_loads_while_decoding_or_before(li
         assert stats.classified == len(got) > 0
         rows.append(sorted((p.path, p.probabilities) for p in got))
     assert rows[0] == rows[1]
+
+
+def test_stored_gives_each_files_prediction_as_the_scan_stored_it(library, model_path, tmp_path):
+    db = tmp_path / "i.db"
+    link = tmp_path / "link.wav"
+    link.symlink_to(library / "c" / "six.wav")      # stored by its real path, found by either
+    silent = write_track(tmp_path / "quiet.wav", kind="silence")
+    unseen = write_track(tmp_path / "new.wav")
+    tagger.scan([library, silent], db, model_path, workers=0)
+    model = tagger.load_model(model_path, "cpu")
+    got = api.stored([link, library / "a" / "one.mp3", silent, unseen], db)
+    assert list(got) == [str(link), str(library / "a" / "one.mp3"), str(silent)]     # unseen: none
+    fresh = model.classify_file(library / "c" / "six.wav")
+    p = got[str(link)]
+    assert p.path == str(link) and p.status == "ok" and p.model_id == model.model_id
+    assert p.genre == fresh.genre and p.probabilities == pytest.approx(fresh.probabilities, abs=1e-5)
+    assert list(p.probabilities) == list(fresh.probabilities)                # best first
+    assert p.uncertain == fresh.uncertain and p.uncertain_below == model.uncertain_below
+    assert got[str(silent)].status == "silent" and got[str(silent)].genre is None
+
+
+def test_stored_says_what_the_threshold_of_the_model_was(library, model_path, tmp_path):
+    from conftest import make_checkpoint
+    unsure = make_checkpoint(tmp_path / "unsure.pt", uncertain_below=0.99)
+    db = tmp_path / "i.db"
+    tagger.scan([library / "a"], db, unsure, workers=0)
+    got = api.stored([library / "a" / "two.flac"], db)[str(library / "a" / "two.flac")]
+    assert got.uncertain and got.uncertain_below == 0.99
+
+
+def test_retagged_keeps_the_prediction_of_a_file_whose_tags_another_program_rewrote(library, model_path, tmp_path):
+    db = tmp_path / "i.db"
+    track = library / "a" / "two.flac"
+    tagger.scan([track], db, model_path, workers=0)
+    st = track.stat()
+    from mutagen.flac import FLAC
+    f = FLAC(track)
+    f["genre"] = ["Something else entirely, with a longer value than before" * 40]
+    f.save()
+    api.retagged({track: (st.st_size, st.st_mtime_ns)}, db)
+    started = []
+    tagger.scan([track], db, model_path, workers=0, on_start=started.append)
+    assert started == [0]                           # not classified again
+    other = library / "a" / "one.mp3"               # never scanned: nothing to follow
+    api.retagged({other: (1, 1)}, db)
+    assert str(other) not in api.stored([other], db)

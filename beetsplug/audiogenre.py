@@ -27,6 +27,7 @@ from beets.library import Item
 from beets.plugins import BeetsPlugin
 
 from tagger import api
+from tagger import config as tagger_config
 from tagger.basics import AUDIO_EXTENSIONS
 from tagger.errors import TaggerError
 from tagger.genres import DISPLAY_NAMES, GENRES, normalise_genre
@@ -154,8 +155,13 @@ class AudioGenrePlugin(BeetsPlugin):
         return model, resolve_model(None if model is None else Path(model))[1]
 
     def _names(self):
-        """A function from a genre key to the names the user gives it (map option), else the
-        name tagger writes into tags."""
+        """A function from a genre key to the names the user gives it (map option), else
+        those tagger writes into tags (the [genres] of tagger's config file, else its
+        display name)."""
+        try:
+            written = tagger_config.load().genre_names
+        except TaggerError as exc:
+            raise ui.UserError(f"audiogenre: {exc}") from None
         mapped = {}
         for key, words in (self.config["map"].get(dict) or {}).items():
             genre = normalise_genre(str(key))
@@ -163,7 +169,7 @@ class AudioGenrePlugin(BeetsPlugin):
                 raise ui.UserError(f"audiogenre: map: unknown genre {key!r}; use one of "
                                    f"{', '.join(GENRES)}")
             mapped[genre] = [str(w) for w in words] if isinstance(words, list) else [str(words)]
-        return lambda genre: mapped.get(genre) or [DISPLAY_NAMES.get(genre, genre)]
+        return lambda genre: mapped.get(genre) or written.get(genre) or [DISPLAY_NAMES.get(genre, genre)]
 
 
 def _words(genres: list[str], names) -> list[str]:

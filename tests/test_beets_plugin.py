@@ -223,3 +223,18 @@ def test_the_index_and_model_paths_may_start_with_a_tilde(tmp_path, model_path, 
     beets.beet("audiogenre", HOME=str(tmp_path / "home"))
     assert query(tmp_path / "home" / "idx.db")["one.flac"]["genre"]
     assert beets.items()["one.flac"]["audiogenre"]
+
+
+def test_without_a_map_the_words_of_taggers_config_file_are_used(tmp_path, model_path, tracks):
+    """The [genres] of tagger's config file name the genres, as write-tags writes them."""
+    config = Path(os.environ["XDG_CONFIG_HOME"]) / "tagger" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[genres]\n" + "".join(f'{g} = ["Mine {g}"]\n' for g in GENRES))
+    beets = Beets(tmp_path, model_path)
+    beets.add(tracks[0])
+    beets.beet("audiogenre")
+    top = query(beets.index)["one.flac"]["genre"]
+    assert beets.items()["one.flac"]["audiogenre"] == f"Mine {top}"
+    config.write_text("[genres]\nnot_a_genre = 'x'\n")
+    error = beets.beet("audiogenre", "-f", ok=False)
+    assert "error: audiogenre: " in error and "config.toml: line 2" in error

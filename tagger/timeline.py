@@ -100,3 +100,25 @@ def timeline(classifier: Classifier, path: str | os.PathLike, window: float = 10
         classify()
     return Timeline(os.path.abspath(os.fsdecode(path)), classifier.model_id, tuple(classifier.genres),
                     window, hop, windows)
+
+
+def clock(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour on."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def grid(t: Timeline, columns: int | None = None) -> tuple[np.ndarray, list[float]]:
+    """(genres, columns) probabilities, genres in t.genres order, NaN where silent, and
+    each column's start in seconds: one column per window, or `columns` groups of
+    consecutive windows (each the mean of its audible windows) when there are more."""
+    probs = np.array([[w.probabilities.get(g, np.nan) for g in t.genres] for w in t.windows],
+                     dtype=float).reshape(len(t.windows), len(t.genres))
+    n = len(t.windows) if columns is None else max(1, min(columns, len(t.windows)))
+    bounds = [i * len(t.windows) // n for i in range(n + 1)]
+    cells = np.full((len(t.genres), n), np.nan)
+    for c, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        audible = probs[a:b][~np.isnan(probs[a:b]).any(axis=1)]
+        if len(audible):
+            cells[:, c] = audible.mean(axis=0)
+    return cells, [t.windows[a].start for a in bounds[:-1]]

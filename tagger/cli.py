@@ -814,9 +814,13 @@ def show_timeline(model, file: Path, window: float, hop: float, png: Optional[Pa
     from tagger.figures import check_png, timeline_png
     if png is not None:
         check_png(png)
-    with err.status(f"Classifying {output.display(str(file))} in {window:g} s windows...") \
-            if fmt is ShowFormat.table and not shown.quiet else suppress():
-        t = model.timeline(file, window, hop)
+    from tagger.timeline import clock
+    name = output.display(str(file))
+    with ExitStack() as stack:
+        status = (stack.enter_context(err.status(f"Classifying {escape(name)}...")) if
+                  err.is_terminal and not shown.quiet else None)
+        t = model.timeline(file, window, hop, on_window=status and (
+            lambda seconds: status.update(f"Classifying {escape(name)}: {clock(seconds)} done...")))
     if fmt is ShowFormat.json:
         output.write_json_object(t.as_dict())
     else:

@@ -85,7 +85,7 @@ def timeline(classifier: Classifier, path: str | os.PathLike, window: float = 10
                      if any(loud) else [])
         for (s, w), ok in zip(batch, loud):
             row = next(probs) if ok else None
-            windows.append(Window(s / rate, (s + len(w)) / rate,
+            windows.append(Window(round(s / rate, 3), round((s + len(w)) / rate, 3),
                                   {} if row is None else
                                   {g: float(p) for g, p in zip(classifier.genres, row)}))
         batch.clear()

@@ -132,3 +132,21 @@ def test_timeline_options_need_timeline(mix, model_path):
     r = run("show", mix, "--window", 4, "--model", model_path, ok=2)
     assert "--timeline" in r.output
     r = run("show", "--timeline", mix, "--window", 4, "--hop", 0, "--model", model_path, ok=2)
+
+
+def test_decoding_holds_about_a_window_whatever_the_length(tmp_path):
+    """A file is read once, holding a few windows' audio: as much for 80 s as for 20 s."""
+    import tracemalloc
+    from tagger.decode import sliding_windows
+    peaks = []
+    for seconds in (20, 80):
+        path = synth.encode(tmp_path / f"{seconds}.wav", synth.noise(seconds, SR), SR)
+        tracemalloc.start()
+        try:
+            starts = [s for s, _ in sliding_windows(path, SR, window_seconds=4, hop_seconds=5)]
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        # a hop longer than the window leaves gaps; the last window ends at the end
+        assert starts == [k * 5 * SR for k in range(seconds // 5)] + [(seconds - 4) * SR]
+    assert peaks[1] < 1.2 * peaks[0] and peaks[1] < 10 * (4 * SR * 4)    # 10 windows' worth

@@ -811,16 +811,17 @@ def show(
 
 def show_timeline(model, file: Path, window: float, hop: float, png: Optional[Path],
                   fmt: ShowFormat) -> None:
+    """show --timeline: a spinner that says how far it got, then the heat strip or JSON."""
     from tagger.figures import check_png, timeline_png
+    from tagger.timeline import clock
     if png is not None:
         check_png(png)
-    from tagger.timeline import clock
-    name = output.display(str(file))
+    name = escape(output.display(str(file)))
     with ExitStack() as stack:
-        status = (stack.enter_context(err.status(f"Classifying {escape(name)}...")) if
+        status = (stack.enter_context(err.status(f"Classifying {name}...")) if
                   err.is_terminal and not shown.quiet else None)
-        t = model.timeline(file, window, hop, on_window=status and (
-            lambda seconds: status.update(f"Classifying {escape(name)}: {clock(seconds)} done...")))
+        t = model.timeline(file, window, hop, on_window=None if status is None else (
+            lambda seconds: status.update(f"Classifying {name}: {clock(seconds)} done...")))
     if fmt is ShowFormat.json:
         output.write_json_object(t.as_dict())
     else:

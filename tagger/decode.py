@@ -25,6 +25,9 @@ How a track is read:
   looking for a frame or a chunk. It reads through _Source, which treats a file as cut short
   where 2 MB of zero bytes come with no audio decoded (a file of only zeros fails at once).
 
+`tagger show --timeline` reads a whole track instead (sliding_windows): one forward pass
+through one resampler, cut into overlapping windows, one window's audio held at a time.
+
 FFmpeg's log output is off by default in PyAV; `quiet_ffmpeg()` makes sure of it (call it
 in each worker process).
 """

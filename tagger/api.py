@@ -28,6 +28,7 @@ if TYPE_CHECKING:                   # torch is imported when a model is loaded, 
     from tagger.classify import Classifier
     from tagger.crawl import Candidate
     from tagger.scanner import ScanStats
+    from tagger.timeline import Timeline
 
 PathLike = str | os.PathLike
 
@@ -112,6 +113,17 @@ class Model:
                 while shown < len(paths) and paths[shown] in done:
                     yield done[paths[shown]]
                     shown += 1
+
+    def timeline(self, path: PathLike, window: float = 10.0, hop: float = 5.0, *,
+                 batch_size: int = 16, on_window: Callable[[float], None] | None = None
+                 ) -> Timeline:
+        """One file's genres over time: `window`-second windows every `hop` seconds over the
+        whole track (the last one ends at the track's end; a track shorter than a window is
+        one window), each classified as a track of its own. Reads the file once, holding
+        `batch_size` windows at a time. on_window(seconds) as each batch is done. Raises
+        DecodeError (path: reason) when the file cannot be decoded."""
+        from tagger.timeline import timeline
+        return timeline(self.classifier, path, window, hop, batch_size, on_window)
 
 
 def files_under(paths: Iterable[PathLike]) -> list[Candidate]:

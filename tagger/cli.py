@@ -752,6 +752,18 @@ def show(
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
     fmt: Annotated[ShowFormat, typer.Option("--format", "-f", help="Output format.")] = ShowFormat.table,
+    timeline: Annotated[bool, typer.Option(
+        "--timeline", help="Genres over time: classify a sliding window over the whole of one "
+                           "FILE (a DJ mix, a concert, a medley).")] = False,
+    window: Annotated[Optional[float], typer.Option(
+        "--window", min=1.0, metavar="SECONDS", show_default=False,
+        help="With --timeline: the window's length. \\[default: 10]")] = None,
+    hop: Annotated[Optional[float], typer.Option(
+        "--hop", min=0.5, metavar="SECONDS", show_default=False,
+        help="With --timeline: a window every this many seconds. \\[default: 5]")] = None,
+    png: Annotated[Optional[Path], typer.Option(
+        "--png", metavar="FILE.png", show_default=False,
+        help="With --timeline: also draw it, genre by time, into this PNG file.")] = None,
 ) -> None:
     """Classify files and print their genre probabilities; the index is not touched.
 
@@ -759,10 +771,27 @@ def show(
     on. Exit code: 0 when every file was classified (a silent one included), 1 when any
     could not be.
 
+    With --timeline, one FILE is decoded whole and classified in 10 s windows every 5 s:
+    one row per genre, one cell per window shaded by its probability, and the mean over
+    the windows; --format json gives every window's probabilities.
+
     Example: [bold]tagger show song.flac ~/Music/Jazz[/bold]
+
+    Example: [bold]tagger show --timeline mix.mp3 --png mix.png[/bold]
     """
     from tagger import api
+    if not timeline:
+        for name, value in (("--window", window), ("--hop", hop), ("--png", png)):
+            if value is not None:
+                raise typer.BadParameter("only with --timeline", param_hint=name)
+    elif len(files) != 1 or files[0].is_dir():
+        raise typer.BadParameter("--timeline takes exactly one file, not "
+                                 + ("a folder" if len(files) == 1 else f"{len(files)} paths"),
+                                 param_hint="FILE")
     model = api.load_model(model, device.value)
+    if timeline:
+        show_timeline(model, files[0], window or 10.0, hop or 5.0, png, fmt)
+        return
     rows, shown, failed = [], 0, 0
     for prediction in model.classify_files(files, batch_size=1):     # printed as they come
         shown += 1
@@ -778,6 +807,29 @@ def show(
     if failed:
         err.print(f"{failed} of {shown} files could not be classified.", highlight=False)
         raise typer.Exit(1)
+
+
+def show_timeline(model, file: Path, window: float, hop: float, png: Optional[Path],
+                  fmt: ShowFormat) -> None:
+    """show --timeline: a spinner that says how far it got, then the heat strip or JSON."""
+    from tagger.figures import check_png, timeline_png
+    from tagger.timeline import clock
+    if png is not None:
+        check_png(png)
+    name = escape(output.display(str(file)))
+    with ExitStack() as stack:
+        status = (stack.enter_context(err.status(f"Classifying {name}...")) if
+                  err.is_terminal and not shown.quiet else None)
+        t = model.timeline(file, window, hop, on_window=None if status is None else (
+            lambda seconds: status.update(f"Classifying {name}: {clock(seconds)} done...")))
+    if fmt is ShowFormat.json:
+        output.write_json_object(t.as_dict())
+    else:
+        output.heat_strip(out, t)
+    if png is not None:
+        timeline_png(t, png)
+        if not shown.quiet:
+            err.print(f"Wrote {output.display(str(png))}", highlight=False, markup=False)
 
 
 @app.command()

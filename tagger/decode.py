@@ -25,6 +25,9 @@ How a track is read:
   looking for a frame or a chunk. It reads through _Source, which treats a file as cut short
   where 2 MB of zero bytes come with no audio decoded (a file of only zeros fails at once).
 
+`tagger show --timeline` reads a whole track instead (sliding_windows): one forward pass
+through one resampler, cut into overlapping windows, one window's audio held at a time.
+
 FFmpeg's log output is off by default in PyAV; `quiet_ffmpeg()` makes sure of it (call it
 in each worker process).
 """
@@ -34,6 +37,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -143,13 +148,7 @@ class _Window:
             self.resampler = None
 
     def _collect(self, frames: list) -> None:
-        for out in frames:
-            if out is None:  # a passthrough resampler answers a flush with [None]
-                continue
-            if self.mean_channels:  # (channels, n) planar float
-                mono = out.to_ndarray().mean(axis=0, dtype=np.float32)
-            else:  # packed mono float: read the plane directly (3x faster than to_ndarray)
-                mono = np.frombuffer(out.planes[0], np.float32, count=out.samples).copy()
+        for mono in _mono(frames, self.mean_channels):
             self.chunks.append(mono)
             self.have += len(mono)
 
@@ -161,6 +160,17 @@ class _Window:
         skip = self.skip or 0
         wave = np.concatenate(self.chunks)[skip:skip + self.wanted]
         return np.clip(wave, -1.0, 1.0)
+
+
+def _mono(frames: list, mean_channels: bool) -> Iterator[np.ndarray]:
+    """A resampler's output frames as (samples,) float32 mono arrays."""
+    for out in frames:
+        if out is None:  # a passthrough resampler answers a flush with [None]
+            continue
+        if mean_channels:  # (channels, n) planar float
+            yield out.to_ndarray().mean(axis=0, dtype=np.float32)
+        else:  # packed mono float: read the plane directly (3x faster than to_ndarray)
+            yield np.frombuffer(out.planes[0], np.float32, count=out.samples).copy()
 
 
 def _resampler(sample_rate: int) -> tuple[av.AudioResampler, bool]:
@@ -252,24 +262,36 @@ class _Decoder:
     def fill(self, windows: list[_Window], position: float = 0.0) -> None:
         """Decode forward until every window is full or EOF; `position` (seconds) is where
         the last seek aimed, the time of the first frame if it has no timestamp."""
+        if not all(w.done for w in windows):
+            for frame, t in self.frames(position):
+                for w in windows:
+                    w.feed(frame, t)
+                if all(w.done for w in windows):
+                    break
+        for w in windows:
+            w.flush()
+
+    def frames(self, position: float = 0.0) -> Iterator[tuple[av.AudioFrame, float]]:
+        """Each decoded frame from here on, with its time in seconds (`position` for the
+        first if it has no timestamp); undecodable packets are skipped, up to a point."""
         packets = self.container.demux(self.stream)
         next_t = position
         bad = 0
-        while not all(w.done for w in windows):
+        while True:
             try:
                 packet = next(packets)
             except StopIteration:
-                break
+                return
             except av.error.FFmpegError as e:  # damaged container: treat as the end of data
                 self.errors.append(_message(e))
-                break
+                return
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as e:
                 self.errors.append(_message(e))
                 bad += 1
                 if bad > _MAX_BAD_PACKETS:
-                    break
+                    return
                 continue
             bad = 0
             if frames:
@@ -279,10 +301,22 @@ class _Decoder:
                 seconds = frame.samples / frame.sample_rate
                 next_t = t + seconds
                 self.decoded_seconds += seconds
-                for w in windows:
-                    w.feed(frame, t)
-        for w in windows:
-            w.flush()
+                yield frame, t
+
+    def resampled(self, sample_rate: int) -> Iterator[np.ndarray]:
+        """Every frame from here to the end as mono float32 chunks at sample_rate, through
+        one resampler (a new one where the stream's format changes)."""
+        resampler, mean_channels, template = None, False, None
+        for frame, _ in self.frames():
+            key = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if key != template:
+                if resampler is not None:
+                    yield from _mono(resampler.resample(None), mean_channels)
+                resampler, mean_channels = _resampler(sample_rate)
+                template = key
+            yield from _mono(resampler.resample(frame), mean_channels)
+        if resampler is not None:
+            yield from _mono(resampler.resample(None), mean_channels)
 
     def measure(self) -> float:
         """Demux (without decoding) to the end; the duration in seconds. Leaves EOF."""
@@ -371,20 +405,66 @@ def decode_excerpts(path: str | os.PathLike | bytes, sample_rate: int = 22050,
     """
     name = os.fsdecode(path)
     _check_file(name)
-    try:
-        with open(name, "rb", buffering=0) as file:
-            source = _Source(file, name)
+    with _decode_errors(name), open(name, "rb", buffering=0) as file:
+        source = _Source(file, name)
+        with _zero_bytes(source):
             try:
-                try:
-                    return _decode(source, sample_rate, n_windows, window_seconds, seek=True)
-                except _SeekFailed as e:
-                    return _decode(source, sample_rate, n_windows, window_seconds,
-                                   seek=False, duration=e.duration)
-            except (DecodeError, av.error.FFmpegError):
-                if source.end is not None:
-                    raise DecodeError(f"no audio found, only zero bytes from byte {source.end:,} "
-                                      "on (a preallocated or unfinished file?)", path=name) from None
-                raise
+                return _decode(source, sample_rate, n_windows, window_seconds, seek=True)
+            except _SeekFailed as e:
+                return _decode(source, sample_rate, n_windows, window_seconds,
+                               seek=False, duration=e.duration)
+
+
+def sliding_windows(path: str | os.PathLike | bytes, sample_rate: int = 22050,
+                    window_seconds: float = 10.0, hop_seconds: float = 5.0
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """The whole of `path`, decoded front to back in one pass, as (start_sample, waveform)
+    windows of round(window_seconds * sample_rate) mono float32 samples in [-1, 1]: one
+    every hop, while a whole window fits, then the track's last window_seconds if the end
+    is not yet covered; a track shorter than one window gives one window, the whole track.
+
+    One resampler for the whole stream (the audio is continuous). Memory holds one window
+    and a frame or two, whatever the track's length. Raises DecodeError (and nothing else),
+    on the first next() when the file cannot be opened; bad packets are skipped and a file
+    cut short ends where its audio does."""
+    name = os.fsdecode(path)
+    _check_file(name)
+    size, hop = max(1, round(window_seconds * sample_rate)), max(1, round(hop_seconds * sample_rate))
+    with _decode_errors(name), open(name, "rb", buffering=0) as file:
+        source = _Source(file, name)
+        with _zero_bytes(source), _open(source) as container:
+            if not container.streams.audio:
+                raise DecodeError("no audio stream", path=name)
+            if not _usable(container):
+                raise DecodeError("not an audio file (no decodable audio found)", path=name)
+            decoder = _Decoder(container, container.streams.audio[0], source)
+            chunks: list[np.ndarray] = []
+            first, end = 0, 0           # chunks hold samples [first, end) of the track
+            start, last_end = 0, 0      # the next window's start; the last yielded's end
+            for mono in decoder.resampled(sample_rate):
+                chunks.append(mono)
+                end += len(mono)
+                while end >= start + size:
+                    buffer = np.concatenate(chunks)
+                    yield start, np.clip(buffer[start - first:start - first + size], -1.0, 1.0)
+                    last_end, start = start + size, start + hop
+                    keep = max(first, min(start, end - size))   # the last window, for the tail
+                    chunks, first = [buffer[keep - first:]], keep
+            if end == 0:
+                reason = (f"truncated or corrupt data ({decoder.errors[0]})" if decoder.errors
+                          else "no audio decoded")
+                raise DecodeError(reason, path=name)
+            if last_end < end:
+                buffer = np.concatenate(chunks)
+                tail = max(0, end - size)
+                yield tail, np.clip(buffer[tail - first:], -1.0, 1.0)
+
+
+@contextmanager
+def _decode_errors(name: str) -> Iterator[None]:
+    """Every failure inside as a DecodeError about `name`."""
+    try:
+        yield
     except DecodeError:
         raise
     except PermissionError as e:
@@ -401,6 +481,18 @@ def decode_excerpts(path: str | os.PathLike | bytes, sample_rate: int = 22050,
     except Exception as e:  # noqa: BLE001 - the worker boundary: nothing else may escape
         raise DecodeError(f"decoder failed ({type(e).__name__}: {e})", path=name,
                           transient=True) from None
+
+
+@contextmanager
+def _zero_bytes(source: _Source) -> Iterator[None]:
+    """A failure in a file that _Source cut short at a run of zero bytes says so."""
+    try:
+        yield
+    except (DecodeError, av.error.FFmpegError):
+        if source.end is not None:
+            raise DecodeError(f"no audio found, only zero bytes from byte {source.end:,} "
+                              "on (a preallocated or unfinished file?)", path=source.name) from None
+        raise
 
 
 def _usable(container: av.container.InputContainer) -> bool:

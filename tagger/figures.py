@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,3 +87,50 @@ def reliability_png(calibration: dict, title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def check_png(path: Path) -> None:
+    """A UserError, before any long work, if a figure cannot be written at `path`."""
+    from tagger.errors import UserError
+    if path.is_dir():
+        raise UserError(f"is a folder; pass a file name, such as {path / 'timeline.png'}", str(path))
+    if not path.parent.is_dir():
+        raise UserError(f"no folder {path.parent}; create it, or pass another --png", str(path))
+
+
+def timeline_png(timeline, path: Path) -> None:
+    """A tagger.timeline.Timeline as a heatmap, genre (best overall first) by time, each
+    window centred on its middle; silent windows left blank. Replaces `path` whole."""
+    from matplotlib.ticker import FuncFormatter
+    from tagger.atomic import atomic_file
+    from tagger.errors import UserError
+    from tagger.timeline import clock, grid
+    plt = _pyplot()
+    cells, _ = grid(timeline)
+    order = [timeline.genres.index(g) for g in timeline.overall] or list(range(len(timeline.genres)))
+    centres = [(w.start + w.end) / 2 for w in timeline.windows]
+    edges = [0.0, *((a + b) / 2 for a, b in zip(centres, centres[1:])), timeline.duration]
+    fig, ax = plt.subplots(figsize=(10, 0.8 + 0.32 * len(order)), dpi=110)
+    mesh = ax.pcolormesh(edges, np.arange(len(order) + 1), np.ma.masked_invalid(cells[order]),
+                         cmap="magma", vmin=0, vmax=1)
+    ax.set_yticks(np.arange(len(order)) + 0.5, [DISPLAY_NAMES.get(timeline.genres[i], timeline.genres[i])
+                                                for i in order])
+    ax.invert_yaxis()
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: clock(x)))
+    ax.set_xlabel("time")
+    fig.colorbar(mesh, ax=ax, label="probability", fraction=0.03, pad=0.01)
+    top = timeline.genre
+    name = (os.path.basename(timeline.path).encode("utf-8", "surrogateescape")
+            .decode("utf-8", "replace").replace("$", r"\$"))     # not mathtext
+    ax.set_title(f"{name}: {DISPLAY_NAMES.get(top, top) if top else 'silent'}"
+                 f" overall ({timeline.window_seconds:g} s windows every {timeline.hop_seconds:g} s)",
+                 fontsize=9)
+    fig.tight_layout()
+    try:
+        with atomic_file(path) as f:
+            fig.savefig(f, format="png")
+    except OSError as exc:
+        raise UserError(f"cannot write the figure ({exc.strerror or exc}); pass another --png",
+                        str(path)) from None
+    finally:
+        plt.close(fig)

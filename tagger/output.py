@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from tagger.errors import OutputError, TagError
 from tagger.genres import DISPLAY_NAMES
@@ -255,3 +257,46 @@ def bar_chart(console: Console, row: dict, width: int = 30) -> None:
         style = "cyan" if genre != row["genre"] else "yellow" if row.get("uncertain") else "green"
         table.add_row(f"  {genre_name(genre)}", f"[{style}]{bar:<{width}}[/{style}]", f"{p:6.1%}")
     console.print(table)
+
+
+_SHADES = (0.1, 0.25, 0.5, 0.75)  # where the heat strip's next shade begins
+
+
+def heat_strip(console: Console, timeline) -> None:
+    """A timeline (tagger.timeline.Timeline) as one row per genre, best overall first, one
+    cell per window (or per group of windows, to fit the terminal) shaded by probability,
+    with the genre's mean at the end of its row and a time axis in m:ss below."""
+    from tagger.timeline import clock, grid
+    overall = timeline.overall
+    console.print(f"[bold]{escape(display(timeline.path))}[/bold]", highlight=False)
+    if not overall:
+        console.print("  silent (no sound above -80 dBFS)", highlight=False)
+        return
+    order = list(overall)
+    label = max(len(genre_name(g)) for g in order) + 2
+    cells, starts = grid(timeline, max(10, min(console.width, 200) - label - 8))
+    shades = [glyph(console, s, p) for s, p in ((" ", " "), ("░", "."), ("▒", ":"),
+                                                  ("▓", "+"), ("█", "#"))]
+    silent = glyph(console, "·", " ")
+    rows = {g: cells[i] for i, g in enumerate(timeline.genres)}
+    for genre in order:
+        line = Text(f"{genre_name(genre):<{label}}",
+                    style="bold green" if genre == order[0] else "")
+        for p in rows[genre]:
+            line.append(silent if math.isnan(p) else shades[sum(p >= s for s in _SHADES)],
+                        style="dim" if math.isnan(p) else "cyan")
+        line.append(f" {overall[genre]:6.1%}")
+        console.print(line, highlight=False)
+    step = next(k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+                if k >= len(clock(starts[-1])) + 1 or k >= len(starts))
+    axis = "".join(f"{clock(starts[c]):<{step}}" for c in range(0, len(starts), step))
+    console.print(Text(" " * label + axis[:len(starts) + 8], style="dim"), highlight=False)
+    every = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else timeline.hop_seconds
+    console.print(f"Overall: [bold]{escape(genre_name(order[0]))}[/bold] {overall[order[0]]:.1%} "
+                  f"(the mean of {len(timeline.windows)} windows of {timeline.window_seconds:g} s "
+                  f"every {timeline.hop_seconds:g} s; a cell every "
+                  f"{f'{every:.3g} s' if every < 60 else clock(every)}"
+                  f"{'; ' + silent + ' silent' if any(map(math.isnan, cells.flat)) else ''})",
+                  highlight=False)
+    console.print("  ".join(f"{shade} {p:.0%}" for shade, p in zip(shades[1:], _SHADES)) + " and up",
+                  highlight=False, markup=False)

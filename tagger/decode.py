@@ -318,6 +318,12 @@ class _Decoder:
         if resampler is not None:
             yield from _mono(resampler.resample(None), mean_channels)
 
+    def nothing_decoded(self) -> DecodeError:
+        """Why no audio came out: the first decoder error, if there was one."""
+        reason = (f"truncated or corrupt data ({self.errors[0]})" if self.errors
+                  else "no audio decoded")
+        return DecodeError(reason, path=self.source.name)
+
     def measure(self) -> float:
         """Demux (without decoding) to the end; the duration in seconds. Leaves EOF."""
         end = 0.0
@@ -433,11 +439,7 @@ def sliding_windows(path: str | os.PathLike | bytes, sample_rate: int = 22050,
     with _decode_errors(name), open(name, "rb", buffering=0) as file:
         source = _Source(file, name)
         with _zero_bytes(source), _open(source) as container:
-            if not container.streams.audio:
-                raise DecodeError("no audio stream", path=name)
-            if not _usable(container):
-                raise DecodeError("not an audio file (no decodable audio found)", path=name)
-            decoder = _Decoder(container, container.streams.audio[0], source)
+            decoder = _audio_decoder(container, source)
             chunks: list[np.ndarray] = []
             first, end = 0, 0           # chunks hold samples [first, end) of the track
             start, last_end = 0, 0      # the next window's start; the last yielded's end
@@ -451,9 +453,7 @@ def sliding_windows(path: str | os.PathLike | bytes, sample_rate: int = 22050,
                     keep = max(first, min(start, end - size))   # the last window, for the tail
                     chunks, first = [buffer[keep - first:]], keep
             if end == 0:
-                reason = (f"truncated or corrupt data ({decoder.errors[0]})" if decoder.errors
-                          else "no audio decoded")
-                raise DecodeError(reason, path=name)
+                raise decoder.nothing_decoded()
             if last_end < end:
                 buffer = np.concatenate(chunks)
                 tail = max(0, end - size)
@@ -515,18 +515,23 @@ def _open(source: _Source) -> av.container.InputContainer:
     return av.open(source, metadata_errors="ignore")
 
 
+def _audio_decoder(container: av.container.InputContainer, source: _Source) -> _Decoder:
+    """A decoder of the container's first audio stream; DecodeError if it has none usable."""
+    if not container.streams.audio:
+        raise DecodeError("no audio stream", path=source.name)
+    if not _usable(container):
+        raise DecodeError("not an audio file (no decodable audio found)", path=source.name)
+    return _Decoder(container, container.streams.audio[0], source)
+
+
 def _decode(source: _Source, sample_rate: int, n_windows: int, window_seconds: float,
             seek: bool, duration: float | None = None) -> Excerpts:
     """Open and decode; `seek=False` reads the file once, front to back, with the
     `duration` measured by an earlier attempt when the metadata has none."""
     name = source.name
     with _open(source) as container:
-        if not container.streams.audio:
-            raise DecodeError("no audio stream", path=name)
-        if not _usable(container):
-            raise DecodeError("not an audio file (no decodable audio found)", path=name)
-        stream = container.streams.audio[0]
-        decoder = _Decoder(container, stream, source)
+        decoder = _audio_decoder(container, source)
+        stream = decoder.stream
         duration = duration or _metadata_duration(container, stream)
         if duration is None:
             if not seek:
@@ -545,11 +550,7 @@ def _decode(source: _Source, sample_rate: int, n_windows: int, window_seconds: f
                        for w in windows]
         waveforms = [w for w in (win.waveform() for win in windows) if len(w)]
         if not waveforms:
-            if decoder.errors:
-                reason = f"truncated or corrupt data ({decoder.errors[0]})"
-            else:
-                reason = "no audio decoded"
-            raise DecodeError(reason, path=name)
+            raise decoder.nothing_decoded()
         return Excerpts(waveforms=waveforms, duration=float(duration),
                         source_sample_rate=int(stream.rate),
                         source_channels=int(stream.channels),

@@ -184,13 +184,17 @@ def job_for(classifier: Classifier | Loading) -> Callable[[Candidate], DecodeJob
     return lambda cand: DecodeJob(cand.path, *excerpts)
 
 
+def silent(waveforms: Sequence[np.ndarray]) -> bool:
+    """True if no sample of these waveforms rises above -80 dBFS (none at all: silent too)."""
+    return max((float(np.max(np.abs(w))) for w in waveforms if len(w)), default=0.0) < SILENCE_PEAK
+
+
 def classify_decoded(classifier: Classifier,
                      decoded: Sequence[tuple[Candidate, Excerpts]]) -> list[TrackResult]:
     """Silent tracks are recorded as such; the rest go through the model in one batch."""
     results, audible = [], []
     for cand, ex in decoded:
-        peak = max(float(np.max(np.abs(w))) if len(w) else 0.0 for w in ex.waveforms)
-        if peak < SILENCE_PEAK:
+        if silent(ex.waveforms):
             results.append(TrackResult(cand.path, cand.size, cand.mtime_ns, classifier.model_id,
                                        "silent", error="silent (no sound above -80 dBFS)",
                                        duration=ex.duration, fingerprint=ex.fingerprint))

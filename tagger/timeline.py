@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tagger.decode import sliding_windows
-from tagger.scanner import SILENCE_PEAK
+from tagger.scanner import silent
 
 if TYPE_CHECKING:
     from tagger.classify import Classifier
@@ -80,7 +80,7 @@ def timeline(classifier: Classifier, path: str | os.PathLike, window: float = 10
     batch: list[tuple[int, np.ndarray]] = []
 
     def classify() -> None:
-        loud = [len(w) > 0 and float(np.max(np.abs(w))) >= SILENCE_PEAK for _, w in batch]
+        loud = [not silent([w]) for _, w in batch]
         probs = iter(classifier.classify([[w] for (_, w), ok in zip(batch, loud) if ok])
                      if any(loud) else [])
         for (s, w), ok in zip(batch, loud):

@@ -31,7 +31,8 @@ from tagger.errors import CheckpointError
 from tagger.features import FeatureSettings
 from tagger.genres import GENRES, normalise_genre
 from tagger.model import GenreCRNN, ModelSettings
-from tagger.modelfile import MAX_CHECKPOINT_BYTES, file_model_id, file_problem, mib
+from tagger.modelfile import (MAX_CHECKPOINT_BYTES, MAX_PICKLE_BYTES, file_model_id,
+                              file_problem, mib)
 
 FORMAT = "tagger-checkpoint"
 FORMAT_VERSION = 1
@@ -40,9 +41,6 @@ KEYS = {"format", "format_version", "features", "model", "genres", "state_dict",
 
 # Bounds on what a checkpoint may ask of the machine that loads it (the shipped model's
 # own figures in brackets).
-# settings, metrics and provenance, pickled (10 KB); torch's pure-Python unpickler takes
-# at worst 3 s and 160 MB for 2 MiB
-MAX_PICKLE_BYTES = 2 << 20
 MAX_ARCHIVE_FILES = 10_000          # files in the zip archive: one per tensor (41)
 MAX_WEIGHTS = MAX_CHECKPOINT_BYTES // 4     # numbers in the model the settings build (0.2 M)
 MAX_WINDOW_VALUES = 1 << 25         # feature values of one excerpt window (0.4 M)

@@ -19,6 +19,9 @@ ENV_VAR = "TAGGER_MODEL"
 # The most a checkpoint may hold, on disk or unpacked (the shipped one holds 0.9 MB): far
 # above any model tagger trains, far below what would exhaust a laptop's memory.
 MAX_CHECKPOINT_BYTES = 256 << 20
+# A checkpoint's settings, metrics and provenance, pickled (data.pkl; the shipped one 10 KB):
+# torch's pure-Python unpickler takes at worst 3 s and 160 MB for 2 MiB.
+MAX_PICKLE_BYTES = 2 << 20
 
 
 def mib(n_bytes: int) -> str:
@@ -110,7 +113,7 @@ def excerpt_settings(path: str | Path) -> tuple[int, int, float] | None:
     try:
         with zipfile.ZipFile(path) as archive:
             info = next(i for i in archive.infolist() if i.filename.endswith("/data.pkl"))
-            if info.file_size > 2 << 20:   # as checkpoint.MAX_PICKLE_BYTES
+            if info.file_size > MAX_PICKLE_BYTES:
                 return None
             payload = _PlainData(io.BytesIO(archive.read(info))).load()
         f = payload["features"]

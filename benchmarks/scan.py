@@ -211,7 +211,7 @@ def stages(folder: Path, model: Path, batch_size: int) -> None:
     from tagger.checkpoint import load
     from tagger.classify import Classifier
     from tagger.index import Index
-    from tagger.scanner import classify_decoded
+    from tagger.scanner import classify_decoded, excerpts_of
     classifier = Classifier(load(model), "cpu")
     clock.add("start-up: tagger imports, model load", time.process_time() - t)
 
@@ -238,8 +238,7 @@ def stages(folder: Path, model: Path, batch_size: int) -> None:
         clock.hook(classifier.net.teacher, "FCN (fused model's tags)")
     by_format: dict[str, list[float]] = {}
     decoded, n = [], 0
-    s = classifier.settings
-    excerpts = (s.sample_rate, s.excerpt_windows, s.excerpt_seconds)
+    excerpts = excerpts_of(classifier)
     with tempfile.TemporaryDirectory() as tmp, Index(Path(tmp) / "stages.db") as index:
         clock.wrap(index, "store", "SQLite store")
         for cand in crawl([folder]):

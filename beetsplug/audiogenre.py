@@ -30,7 +30,7 @@ from tagger import api
 from tagger import config as tagger_config
 from tagger.basics import AUDIO_EXTENSIONS
 from tagger.errors import TaggerError
-from tagger.genres import DISPLAY_NAMES, GENRES, normalise_genre
+from tagger.genres import GENRES, normalise_genre
 from tagger.modelfile import resolve_model
 from tagger.writetags import chosen_genres
 
@@ -159,7 +159,7 @@ class AudioGenrePlugin(BeetsPlugin):
         those tagger writes into tags (the [genres] of tagger's config file, else its
         display name)."""
         try:
-            written = tagger_config.load().genre_names
+            written = tagger_config.load()
         except TaggerError as exc:
             raise ui.UserError(f"audiogenre: {exc}") from None
         mapped = {}
@@ -169,7 +169,7 @@ class AudioGenrePlugin(BeetsPlugin):
                 raise ui.UserError(f"audiogenre: map: unknown genre {key!r}; use one of "
                                    f"{', '.join(GENRES)}")
             mapped[genre] = [str(w) for w in words] if isinstance(words, list) else [str(words)]
-        return lambda genre: mapped.get(genre) or written.get(genre) or [DISPLAY_NAMES.get(genre, genre)]
+        return lambda genre: mapped.get(genre) or written.genre_words(genre)
 
 
 def _words(genres: list[str], names) -> list[str]:

@@ -11,6 +11,17 @@ from pathlib import Path
 from typing import IO
 
 
+def check_target(path: Path, option: str, example: str) -> None:
+    """A UserError, before any long work, if a file cannot be written at `path` (a folder, or
+    in a folder that does not exist); `option` names the flag that gave it, `example` a
+    file name to suggest."""
+    from tagger.errors import UserError
+    if path.is_dir():
+        raise UserError(f"is a folder; pass a file name, such as {path / example}", str(path))
+    if not path.parent.is_dir():
+        raise UserError(f"no folder {path.parent}; create it, or pass another {option}", str(path))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

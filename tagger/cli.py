@@ -812,10 +812,11 @@ def show(
 def show_timeline(model, file: Path, window: float, hop: float, png: Optional[Path],
                   fmt: ShowFormat) -> None:
     """show --timeline: a spinner that says how far it got, then the heat strip or JSON."""
-    from tagger.figures import check_png, timeline_png
+    from tagger.atomic import check_target
+    from tagger.figures import timeline_png
     from tagger.timeline import clock
     if png is not None:
-        check_png(png)
+        check_target(png, "--png", "timeline.png")
     name = escape(output.display(str(file)))
     with ExitStack() as stack:
         status = (stack.enter_context(err.status(f"Classifying {name}...")) if

@@ -89,15 +89,6 @@ def reliability_png(calibration: dict, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def check_png(path: Path) -> None:
-    """A UserError, before any long work, if a figure cannot be written at `path`."""
-    from tagger.errors import UserError
-    if path.is_dir():
-        raise UserError(f"is a folder; pass a file name, such as {path / 'timeline.png'}", str(path))
-    if not path.parent.is_dir():
-        raise UserError(f"no folder {path.parent}; create it, or pass another --png", str(path))
-
-
 def timeline_png(timeline, path: Path) -> None:
     """A tagger.timeline.Timeline as a heatmap, genre (best overall first) by time, each
     window centred on its middle; silent windows left blank. Replaces `path` whole."""

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tagger import __version__
-from tagger.atomic import atomic_file
+from tagger.atomic import atomic_file, check_target
 from tagger.errors import UserError
 from tagger.genres import DISPLAY_NAMES, GENRES
 from tagger.index import existing_index
@@ -122,10 +122,7 @@ def write_report(out: str | os.PathLike = DEFAULT_OUT, db: str | os.PathLike | N
 
 def check_out(out: Path) -> None:
     """A UserError if the report cannot, or must not, be written at out."""
-    if out.is_dir():
-        raise UserError(f"is a folder; pass a file name, such as {out / DEFAULT_OUT}", str(out))
-    if not out.parent.is_dir():
-        raise UserError(f"no folder {out.parent}; create it, or pass another --out", str(out))
+    check_target(out, "--out", str(DEFAULT_OUT))
     if out.exists() and out.suffix.lower() not in (".html", ".htm"):
         raise UserError("exists and is not an .html file, which a report would replace; pass "
                         "another --out", str(out))

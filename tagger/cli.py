@@ -417,6 +417,64 @@ def print_genres(genres, uncertain: int) -> None:
         out.print(table)
 
 
+@app.command("cluster-scan")
+@cli_errors
+def cluster_scan(
+    sources: Annotated[list[Path], typer.Argument(
+        help="Folders, files, or text files that list paths (one a line).", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the results (Parquet files).",
+                                          show_default=False)],
+    model: ModelOption = None,
+    exclude: Annotated[list[str], typer.Option("--exclude", metavar="GLOB",
+                       help="Skip files or folders matching GLOB (name or full path); repeatable.")] = [],
+    decoders: Annotated[Optional[int], typer.Option(
+        "--decoders", min=1, show_default=False,
+        help="Decode actors. \\[default: Ray's CPUs less one]")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tracks per model batch.")] = 16,
+    device: DeviceOption = Device.auto,
+) -> None:
+    """Classify every audio file under SOURCES on Ray Data, into Parquet files under --out.
+
+    The same decoding and model as scan, on the Ray cluster that ray.init() finds (else a
+    local one); needs the [cluster] extra. Every file is classified (no comparison with an
+    index yet). Fold the results into the index with tagger merge.
+
+    Example: [bold]tagger cluster-scan ~/Music --out results && tagger merge results[/bold]
+    """
+    from tagger import cluster
+    started = time.monotonic()
+    stats = cluster.cluster_scan(sources, out_dir, model, exclude=exclude, decoders=decoders,
+                                 batch_size=batch_size, device=device.value,
+                                 progress=err.is_terminal)
+    seconds = time.monotonic() - started
+    done = stats.classified + stats.failed + stats.silent
+    rate = f" ({done / seconds:.1f} tracks/s)" if done and seconds > 0 else ""
+    where = output.display(str(out_dir))
+    out.print(f"Scanned {done} tracks in {seconds:.1f} s{rate}: {stats.classified} classified, "
+              f"{stats.failed} failed, {stats.silent} silent.", highlight=False)
+    print_genres(stats.genres.most_common(), stats.uncertain)
+    out.print(f"Results: {where}; fold them into the index with: tagger merge {where}",
+              highlight=False, markup=False)
+
+
+@app.command()
+@cli_errors
+def merge(
+    folder: Annotated[Path, typer.Argument(help="A cluster-scan's --out folder.",
+                                           show_default=False)],
+    db: DbOption = default_db_path(),
+) -> None:
+    """Fold a cluster-scan's results into the index, so that query and write-tags see them.
+
+    A file's row replaces the one the index had, as a scan does.
+
+    Example: [bold]tagger merge results --db ~/music-index.db[/bold]
+    """
+    from tagger import cluster
+    n = cluster.merge(folder, db)
+    out.print(f"Merged {n} tracks into {db}", highlight=False, markup=False)
+
+
 class SortOrder(str, Enum):
     path = "path"
     genre = "genre"

@@ -28,3 +28,4 @@ def test_the_wheel_carries_the_shipped_models_their_licence_the_split_lists_and_
         assert "beetsplug/__init__.py" not in names        # a namespace package, beets' too
         metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         assert "Requires-Dist: beets>=2.0; extra == \"beets\"" in metadata
+        assert "Requires-Dist: ray[data]>=2.40; extra == \"cluster\"" in metadata

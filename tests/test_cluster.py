@@ -78,19 +78,23 @@ def test_cluster_scan_and_merge_give_what_scan_gives(ray_local, library, model_p
     assert all(str(p) in listed for p in want)
 
 
-def test_a_crashing_decoder_costs_one_row(ray_local, model_path, tmp_path):
+def test_a_crashing_and_a_hanging_decoder_cost_one_row_each(ray_local, model_path, tmp_path):
     from tagger.cluster import cluster_scan
     from crashers import crash_or_decode
     music = tmp_path / "Music"
     good = [write_track(music / f"good{i}.wav", seconds=1.0, freq=300.0 + 100 * i)
             for i in range(3)]
     crash = write_track(music / "crash.wav", seconds=1.0)
+    hang = write_track(music / "hang.wav", seconds=1.0)
     manifest = tmp_path / "list.txt"
-    manifest.write_text("".join(f"{p}\n" for p in [*good, crash]))
-    stats = cluster_scan([manifest], tmp_path / "out", model_path, function=crash_or_decode)
-    assert (stats.classified, stats.failed) == (3, 1)
+    manifest.write_text("# one block: the bad files share it with the good ones\n"
+                        + "".join(f"{p}\n" for p in [crash, good[0], hang, *good[1:]]))
+    stats = cluster_scan([manifest], tmp_path / "out", model_path, function=crash_or_decode,
+                         decode_timeout=4.0)
+    assert (stats.classified, stats.failed) == (3, 2)
     run("merge", tmp_path / "out", "--db", tmp_path / "index.db")
     rows = index_rows(tmp_path / "index.db")
     assert {p: r["status"] for p, r in rows.items()} == \
-        {**{str(p): "ok" for p in good}, str(crash): "error"}
+        {**{str(p): "ok" for p in good}, str(crash): "error", str(hang): "error"}
     assert rows[str(crash)]["error"].startswith("the decoder crashed"), rows[str(crash)]
+    assert rows[str(hang)]["error"] == "decoding took longer than 4 s; gave up on it"

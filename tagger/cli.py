@@ -448,6 +448,9 @@ def cluster_scan(
                                  progress=err.is_terminal)
     seconds = time.monotonic() - started
     done = stats.classified + stats.failed + stats.silent
+    if not done:
+        out.print("Nothing to do: no audio files found.", highlight=False)
+        return
     rate = f" ({done / seconds:.1f} tracks/s)" if done and seconds > 0 else ""
     where = output.display(str(out_dir))
     out.print(f"Scanned {done} tracks in {seconds:.1f} s{rate}: {stats.classified} classified, "

@@ -236,14 +236,19 @@ def cluster_scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     return stats
 
 
-def read_results(folder: str | os.PathLike) -> Iterator[list[dict]]:
-    """The rows of the Parquet files under `folder` (as cluster_scan writes them), a few
-    thousand at a time, oldest file first."""
-    pa = _pa()
+def result_files(folder: str | os.PathLike) -> list[Path]:
+    """The Parquet files under `folder` (a cluster-scan's --out), oldest first."""
+    _pa()
     files = sorted(Path(folder).glob("*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))
     if not files:
         raise UserError(f"{os.fspath(folder)}: no Parquet files here; give the --out folder "
                         "of a cluster-scan")
+    return files
+
+
+def read_results(files: Sequence[Path]) -> Iterator[list[dict]]:
+    """The rows of cluster-scan's Parquet files, a few thousand at a time, file by file."""
+    pa = _pa()
     for file in files:
         for batch in pa.parquet.ParquetFile(file).iter_batches(batch_size=2000,
                                                               columns=list(FIELDS)):
@@ -251,11 +256,12 @@ def read_results(folder: str | os.PathLike) -> Iterator[list[dict]]:
 
 
 def merge(folder: str | os.PathLike, db: str | os.PathLike | None = None) -> int:
-    """Fold a cluster-scan's results into the index `db` through Index.store (a later row
-    of a file replaces an earlier one, as a rescan does); returns how many rows."""
+    """Fold a cluster-scan's results into the index `db` through Index.store (a row of a
+    later file replaces an earlier one's, as a rescan does); returns how many rows."""
+    files = result_files(folder)            # before the index is made: nothing to merge
     done = 0
     with Index(db) as index, index.writer_lock():
-        for rows in read_results(folder):
+        for rows in read_results(files):
             for model_id, threshold in {(r["model_id"], r["uncertain_below"]) for r in rows}:
                 index.note_model(model_id, threshold)
             index.store([result_of(r) for r in rows])

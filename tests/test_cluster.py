@@ -30,6 +30,18 @@ def test_cluster_scan_without_ray_says_how_to_install(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_merge_without_pyarrow_says_how_to_install(tmp_path):
+    (tmp_path / "out").mkdir()
+    code = ("import sys; sys.modules['pyarrow'] = None; from tagger.cli import main; "
+            f"sys.argv = ['tagger', 'merge', {str(tmp_path / 'out')!r}, '--db', "
+            f"{str(tmp_path / 'index.db')!r}]; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "Error: merge needs Ray Data: pip install 'tagger[cluster]'"], done.stderr
+
+
 def test_only_cluster_scan_and_merge_import_ray():
     code = ("import sys, tagger, tagger.cli, tagger.api, tagger.scanner; "
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', "
@@ -76,6 +88,16 @@ def test_cluster_scan_and_merge_give_what_scan_gives(ray_local, library, model_p
             assert g["probabilities"][genre] == pytest.approx(p, abs=1e-6), (path, genre)
     listed = run("query", "--db", tmp_path / "cluster.db", "--format", "json").stdout
     assert all(str(p) in listed for p in want)
+
+
+def test_nothing_to_scan_says_so_and_merge_says_what_it_needs(ray_local, model_path, tmp_path):
+    (tmp_path / "Empty").mkdir()
+    said = run("cluster-scan", tmp_path / "Empty", "--out", tmp_path / "out", "--model",
+               model_path).stdout
+    assert said.startswith("Nothing to do: no audio files found."), said
+    failed = run("merge", tmp_path / "out", "--db", tmp_path / "index.db", ok=1)
+    assert "no Parquet files here; give the --out folder of a cluster-scan" in failed.output
+    assert not (tmp_path / "index.db").exists()
 
 
 def test_a_crashing_and_a_hanging_decoder_cost_one_row_each(ray_local, model_path, tmp_path):

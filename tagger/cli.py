@@ -448,6 +448,10 @@ def cluster_scan(
                                  progress=err.is_terminal)
     seconds = time.monotonic() - started
     done = stats.classified + stats.failed + stats.silent
+    if stats.not_utf8:
+        out.print(f"{stats.not_utf8} file{'s' if stats.not_utf8 > 1 else ''} left out: "
+                  f"{'their names are' if stats.not_utf8 > 1 else 'its name is'} not UTF-8, "
+                  "which Parquet cannot hold; scan such files with tagger scan.", highlight=False)
     if not done:
         out.print("Nothing to do: no audio files found.", highlight=False)
         return

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,11 @@ from tagger.scanner import DECODE_TIMEOUT, ScanStats, classify_decoded, failure_
 INSTALL = "cluster-scan needs Ray Data: pip install 'tagger[cluster]'"
 FIELDS = ("path", "size", "mtime_ns", "model_id", "status", "genre", "confidence",
           "probabilities", "error", "duration", "fingerprint", "uncertain_below")
+
+
+@dataclass
+class ClusterStats(ScanStats):
+    not_utf8: int = 0       # files left out: names that are not UTF-8 (Parquet cannot hold them)
 
 
 def _ray():
@@ -186,13 +191,14 @@ def cluster_scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
                  model: str | os.PathLike | None = None, *, exclude: Sequence[str] = (),
                  decoders: int | None = None, batch_size: int = 16, device: str = "auto",
                  decode_timeout: float = DECODE_TIMEOUT, function: Callable = decode_job,
-                 progress: bool = False) -> ScanStats:
+                 progress: bool = False) -> ClusterStats:
     """Classify every file that `sources` name (see listing) on Ray Data (the cluster that
     ray.init() finds, else a local one), writing the results as Parquet files under `out`
     (see results_schema; merge folds them into an index). `decoders` decode actors (default:
     Ray's CPUs less one, at least one), one model actor, batch_size tracks per model batch.
     Everything listed is classified: there is no plan against an index yet. `function` is
-    the decoder (tests give others). Returns the stats of the run, as `scan` counts them."""
+    the decoder (tests give others). Returns the stats of the run, as `scan` counts them,
+    and how many files were left out for their names (see listing)."""
     ray = _ray()
     from tagger.api import _load, check_paths
     from tagger.modelfile import excerpt_settings, resolve_model
@@ -200,8 +206,8 @@ def cluster_scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     check_paths(sources, "no such file or folder")
     model_path, _ = resolve_model(None if model is None else Path(os.fspath(model)))
     excerpts = excerpt_settings(model_path) or excerpts_of(_load(model_path, "cpu").classifier)
-    todo, _ = listing(sources, exclude)
-    stats = ScanStats()
+    todo, not_utf8 = listing(sources, exclude)
+    stats = ClusterStats(not_utf8=not_utf8)
     if not todo:
         return stats
     started = not ray.is_initialized()

@@ -100,6 +100,17 @@ def test_nothing_to_scan_says_so_and_merge_says_what_it_needs(ray_local, model_p
     assert not (tmp_path / "index.db").exists()
 
 
+def test_a_name_parquet_cannot_hold_is_said_not_dropped(ray_local, model_path, tmp_path):
+    good = write_track(tmp_path / "Music" / "good.wav", seconds=1.0)
+    os.rename(write_track(tmp_path / "x.wav", seconds=1.0),
+              os.path.join(os.fsencode(tmp_path / "Music"), b"bad\xff.wav"))
+    said = run("cluster-scan", tmp_path / "Music", "--out", tmp_path / "out", "--model",
+               model_path).stdout
+    assert "Scanned 1 tracks" in said, said
+    assert ("1 file left out: its name is not UTF-8, which Parquet cannot hold; scan such "
+            "files with tagger scan.") in said, said
+
+
 def test_a_crashing_and_a_hanging_decoder_cost_one_row_each(ray_local, model_path, tmp_path):
     from tagger.cluster import cluster_scan
     from crashers import crash_or_decode

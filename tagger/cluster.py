@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -97,21 +96,22 @@ def _manifest(path: str) -> list[str]:
 
 class Decoder:
     """A Ray actor: decodes a batch of files in its own one-worker DecodePool (a crash or a
-    hang costs one file: a "transient" failure row). Audio travels as float32 bytes with
-    each excerpt window's length."""
+    hang costs one file: a "transient" failure row), kept from batch to batch (its worker
+    ends when the actor does). Audio travels as float32 bytes with each excerpt window's
+    length."""
 
     def __init__(self, excerpts: tuple[int, int, float], timeout: float,
                  function: Callable = decode_job):
-        self.excerpts, self.timeout, self.function = excerpts, timeout, function
+        self.excerpts = excerpts
+        self.pool = DecodePool(1, timeout=timeout, function=function, keep=True)
 
     def __call__(self, batch):
         import pyarrow as pa
         cands = [Candidate(*row) for row in zip(*(batch.column(k).to_pylist() for k in
                                                   ("path", "size", "mtime_ns", "error")))]
         rows = [(c, Failure(c.error, transient=True)) for c in cands if c.error]
-        with closing(DecodePool(1, timeout=self.timeout, function=self.function)) as pool:
-            rows += pool.imap([c for c in cands if not c.error],
-                              lambda c: DecodeJob(c.path, *self.excerpts))
+        rows += self.pool.imap([c for c in cands if not c.error],
+                               lambda c: DecodeJob(c.path, *self.excerpts))
         out = {k: [] for k in ("path", "size", "mtime_ns", "reason", "transient", "duration",
                                "fingerprint", "audio", "windows")}
         for cand, result in rows:

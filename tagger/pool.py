@@ -104,11 +104,15 @@ def _signals_ignored() -> Iterator[None]:
 
 class DecodePool:
     """imap(items, job_of) yields (item, function(job_of(item))) in completion order, where
-    function is decode_job unless given (a module-level function, so that it pickles)."""
+    function is decode_job unless given (a module-level function, so that it pickles).
+    keep: an imap that runs to its end leaves the workers running for the next one (close()
+    ends them); otherwise each imap starts its own and ends them."""
 
     def __init__(self, workers: int, timeout: float = 300.0, prefetch: int = 8,
-                 function: Callable[[DecodeJob], Excerpts | Failure] = decode_job):
+                 function: Callable[[DecodeJob], Excerpts | Failure] = decode_job,
+                 keep: bool = False):
         self.n_workers = workers
+        self.keep = keep
         self.function = function
         self.timeout = timeout
         self.prefetch = prefetch
@@ -167,11 +171,14 @@ class DecodePool:
         todo: deque = deque()          # (item, job) taken back from a dead worker
         source = iter(items)
         seq = itertools.count()
+        finished = False
         try:
-            for _ in range(self.n_workers):
+            while len(self._workers) < self.n_workers:     # none, or those kept (see keep)
                 self._start_worker()
-            self._reader = threading.Thread(target=self._read, daemon=True, name="tagger-results")
-            self._reader.start()
+            if self._reader is None:
+                self._reader = threading.Thread(target=self._read, daemon=True,
+                                                name="tagger-results")
+                self._reader.start()
             last_check = time.monotonic()
             while not should_stop():
                 fed = True
@@ -198,6 +205,7 @@ class DecodePool:
                         worker.pending.append((n, item, job))
                         fed = True
                 if not todo and not any(w.pending for w in self._workers.values()):
+                    finished = not any(w.lost for w in self._workers.values())
                     return                                 # the source is exhausted too
                 if self._results.empty() and time.monotonic() - last_check > 0.5:
                     # Only with every result received taken is busy_since no later than
@@ -225,7 +233,8 @@ class DecodePool:
                     self._deaths_in_a_row = 0
                     yield item, result
         finally:
-            self.close()
+            if not (self.keep and finished):
+                self.close()
 
     def _give_up_on_hung(self, todo: deque) -> Iterator[tuple[Any, Failure]]:
         now = time.monotonic()

@@ -15,3 +15,9 @@ def crash_or_decode(job: DecodeJob):
     if name.startswith("hang"):
         time.sleep(3600)
     return decode_job(job)
+
+
+def worker_pid(job: DecodeJob):
+    """Decodes nothing: says which process it ran in (as a Failure's reason)."""
+    from tagger.pool import Failure
+    return Failure(f"pid {os.getpid()}")

@@ -131,3 +131,17 @@ def test_a_crashing_and_a_hanging_decoder_cost_one_row_each(ray_local, model_pat
         {**{str(p): "ok" for p in good}, str(crash): "error", str(hang): "error"}
     assert rows[str(crash)]["error"].startswith("the decoder crashed"), rows[str(crash)]
     assert rows[str(hang)]["error"] == "decoding took longer than 4 s; gave up on it"
+
+
+def test_a_decode_actor_keeps_its_decoder_process_from_block_to_block(ray_local, model_path,
+                                                                      tmp_path):
+    """One process start per actor, not per block (each start costs about 0.3 s)."""
+    from tagger.cluster import cluster_scan
+    from crashers import worker_pid
+    for i in range(3):
+        write_track(tmp_path / "Music" / f"t{i}.wav", seconds=0.5)
+    cluster_scan([tmp_path / "Music"], tmp_path / "out", model_path, function=worker_pid,
+                 decoders=1, batch_size=1)
+    run("merge", tmp_path / "out", "--db", tmp_path / "index.db")
+    reasons = {r["error"] for r in index_rows(tmp_path / "index.db").values()}
+    assert len(reasons) == 1 and next(iter(reasons)).startswith("pid "), reasons

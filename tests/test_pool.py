@@ -132,3 +132,19 @@ def test_show_and_scan_share_the_decode_timeout(tmp_path, model_path):
                                              function=crash_or_decode) for r in batch]
     assert {r.path: r.status for r in results} == {str(hang): "error", str(good): "ok"}
     assert results[0].error == "decoding took longer than 2 s; gave up on it"
+
+
+def test_a_kept_pool_reuses_its_worker_across_imaps(tmp_path):
+    """keep=True (cluster-scan's decode actors: one imap per block) starts the worker once;
+    a crash in one imap is replaced as ever, and close() ends the worker."""
+    from crashers import worker_pid
+    good, crash = files(tmp_path, 2), write_track(tmp_path / "crash.wav", seconds=1.0)
+    pool = DecodePool(1, keep=True, function=worker_pid)
+    first = [r.reason for _, r in pool.imap(good, job_of)]
+    second = [r.reason for _, r in pool.imap(good, job_of)]
+    assert len(set(first + second)) == 1, (first, second)
+    pool.close()
+    kept = DecodePool(1, keep=True, function=crash_or_decode)
+    assert dict(kept.imap([crash], job_of))[crash].reason.startswith("the decoder crashed")
+    assert not any(isinstance(r, Failure) for _, r in kept.imap(good, job_of))
+    kept.close()

@@ -28,6 +28,10 @@ How a track is read:
 `tagger show --timeline` reads a whole track instead (sliding_windows): one forward pass
 through one resampler, cut into overlapping windows, one window's audio held at a time.
 
+A URI (s3://, gs://, file://, any fsspec protocol) is read through tagger.objects: the same
+decoding, over a block cache that fetches only the blocks the windows touch. A local path
+is opened directly (unbuffered), with no fsspec import.
+
 FFmpeg's log output is off by default in PyAV; `quiet_ffmpeg()` makes sure of it (call it
 in each worker process).
 """
@@ -46,7 +50,8 @@ import av
 import av.logging
 import numpy as np
 
-from tagger.errors import DecodeError
+from tagger.errors import DecodeError, UserError
+from tagger.objects import is_uri
 
 
 _MAX_BAD_PACKETS = 200  # consecutive undecodable packets before a window is given up
@@ -389,6 +394,22 @@ def _check_file(name: str) -> None:
                           transient=True) from None
 
 
+def _open_input(name: str) -> io.RawIOBase:
+    """The file to decode: a local path checked (_check_file) and opened unbuffered; a URI
+    through tagger.objects' block cache (its OSErrors are mapped by _decode_errors)."""
+    if not is_uri(name):
+        _check_file(name)
+        return open(name, "rb", buffering=0)
+    from tagger.objects import open_object
+    try:
+        file = open_object(name)
+    except UserError as e:          # a protocol that cannot be read here
+        raise DecodeError(e.reason, path=name, transient=True) from None
+    if file.size == 0:
+        raise DecodeError("file is empty", path=name)
+    return file
+
+
 def _metadata_duration(container: av.container.InputContainer,
                        stream: av.AudioStream) -> float | None:
     """Seconds, from the stream, else the container; None when unknown or zero."""
@@ -410,8 +431,7 @@ def decode_excerpts(path: str | os.PathLike | bytes, sample_rate: int = 22050,
     is not audio, or yields no audio at all.
     """
     name = os.fsdecode(path)
-    _check_file(name)
-    with _decode_errors(name), open(name, "rb", buffering=0) as file:
+    with _decode_errors(name), _open_input(name) as file:
         source = _Source(file, name)
         with _zero_bytes(source):
             try:
@@ -434,9 +454,8 @@ def sliding_windows(path: str | os.PathLike | bytes, sample_rate: int = 22050,
     on the first next() when the file cannot be opened; bad packets are skipped and a file
     cut short ends where its audio does."""
     name = os.fsdecode(path)
-    _check_file(name)
     size, hop = max(1, round(window_seconds * sample_rate)), max(1, round(hop_seconds * sample_rate))
-    with _decode_errors(name), open(name, "rb", buffering=0) as file:
+    with _decode_errors(name), _open_input(name) as file:
         source = _Source(file, name)
         with _zero_bytes(source), _open(source) as container:
             decoder = _audio_decoder(container, source)
@@ -476,6 +495,13 @@ def _decode_errors(name: str) -> Iterator[None]:
                           path=name) from None
     except av.error.FFmpegError as e:
         raise DecodeError(f"truncated or corrupt data ({_message(e)})", path=name) from None
+    except IsADirectoryError:       # an object store's prefix (a local path: _check_file)
+        raise DecodeError("is a directory", path=name) from None
+    except FileNotFoundError:
+        raise DecodeError("file not found", path=name, transient=True) from None
+    except OSError as e:
+        raise DecodeError(f"cannot read file ({e.strerror or e})", path=name,
+                          transient=True) from None
     except MemoryError:
         raise DecodeError("out of memory while decoding", path=name, transient=True) from None
     except Exception as e:  # noqa: BLE001 - the worker boundary: nothing else may escape

@@ -420,55 +420,85 @@ def print_genres(genres, uncertain: int) -> None:
 @app.command("cluster-scan")
 @cli_errors
 def cluster_scan(
-    sources: Annotated[list[Path], typer.Argument(
-        help="Folders, files, or text files that list paths (one a line).", show_default=False)],
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the results (Parquet files).",
-                                          show_default=False)],
+    sources: Annotated[list[str], typer.Argument(
+        metavar="SOURCE...", show_default=False,
+        help="Folders, audio files, s3:// or gs:// prefixes, or manifests: a Parquet file with a "
+             "path column, or a text file of paths or URIs (one a line).")],
+    out_dir: Annotated[str, typer.Option("--out", metavar="DIR|URI", show_default=False,
+                                         help="Where the results go (Parquet files): a folder, "
+                                              "or an s3:// or gs:// prefix.")],
     model: ModelOption = None,
     exclude: Annotated[list[str], typer.Option("--exclude", metavar="GLOB",
                        help="Skip files or folders matching GLOB (name or full path); repeatable.")] = [],
+    force: Annotated[bool, typer.Option("--force", help="Classify every file again, even those "
+                                        "--out has current results for.")] = False,
     decoders: Annotated[Optional[int], typer.Option(
         "--decoders", min=1, show_default=False,
-        help="Decode actors. \\[default: Ray's CPUs less one]")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tracks per model batch.")] = 16,
+        help="Decode actors, one CPU each. \\[default: the CPUs the model actors leave]")] = None,
+    models: Annotated[int, typer.Option("--models", min=1,
+                                        help="Model actors (one GPU each, where there are GPUs).")] = 1,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=1, show_default=False,
+        help="Tracks per model batch. \\[default: 64 with GPUs, else 16]")] = None,
     device: DeviceOption = Device.auto,
 ) -> None:
-    """Classify every audio file under SOURCES on Ray Data, into Parquet files under --out.
+    """Classify audio files on Ray Data, into Parquet files under --out.
 
     The same decoding and model as scan, on the Ray cluster that ray.init() finds (else a
-    local one); needs the [cluster] extra. Every file is classified (no comparison with an
-    index yet). Fold the results into the index with tagger merge.
+    local one); needs the [cluster] extra. Only files that are new, changed or scored by
+    another model since the results already under --out are sent. Results are written as
+    they come: after Ctrl-C, run the same command again to finish. Fold them into the
+    index with tagger merge.
 
-    Example: [bold]tagger cluster-scan ~/Music --out results && tagger merge results[/bold]
+    Example: [bold]tagger cluster-scan s3://label/masters --out s3://label/tagger && tagger merge s3://label/tagger[/bold]
     """
     from tagger import cluster
     started = time.monotonic()
-    stats = cluster.cluster_scan(sources, out_dir, model, exclude=exclude, decoders=decoders,
-                                 batch_size=batch_size, device=device.value,
-                                 progress=err.is_terminal)
+    stats = cluster.ClusterStats()
+
+    def on_start(total: int) -> None:
+        if stats.unchanged:
+            err.print(f"{total} files to classify; {stats.unchanged} unchanged since the "
+                      "results under --out.", highlight=False)
+
+    try:
+        cluster.cluster_scan(sources, out_dir, model, exclude=exclude, force=force,
+                             decoders=decoders, models=models, batch_size=batch_size,
+                             device=device.value, progress=err.is_terminal, on_start=on_start,
+                             stats=stats)
+    except KeyboardInterrupt:               # Ctrl-C, or SIGTERM (`ray job stop`)
+        stats.interrupted = True
     seconds = time.monotonic() - started
     done = stats.classified + stats.failed + stats.silent
     if stats.not_utf8:
         out.print(f"{stats.not_utf8} file{'s' if stats.not_utf8 > 1 else ''} left out: "
                   f"{'their names are' if stats.not_utf8 > 1 else 'its name is'} not UTF-8, "
                   "which Parquet cannot hold; scan such files with tagger scan.", highlight=False)
-    if not done:
-        out.print("Nothing to do: no audio files found.", highlight=False)
+    where = output.display(out_dir)
+    if not done and not stats.interrupted:
+        out.print("Nothing to do: " + (f"all {stats.unchanged} files have current results in "
+                                      f"{where}." if stats.unchanged else
+                                      "no audio files found."), highlight=False, markup=False)
         return
     rate = f" ({done / seconds:.1f} tracks/s)" if done and seconds > 0 else ""
-    where = output.display(str(out_dir))
     out.print(f"Scanned {done} tracks in {seconds:.1f} s{rate}: {stats.classified} classified, "
-              f"{stats.failed} failed, {stats.silent} silent.", highlight=False)
+              f"{stats.failed} failed, {stats.silent} silent"
+              + (f"; {stats.unchanged} unchanged." if stats.unchanged else "."), highlight=False)
     print_genres(stats.genres.most_common(), stats.uncertain)
-    out.print(f"Results: {where}; fold them into the index with: tagger merge {where}",
-              highlight=False, markup=False)
+    if done:
+        out.print(f"Results: {where}; fold them into the index with: tagger merge {where}",
+                  highlight=False, markup=False)
+    if stats.interrupted:
+        err.print("Interrupted: what was classified is saved; run the same command again to "
+                  "finish (nothing is classified twice).", highlight=False)
+        raise typer.Exit(130)
 
 
 @app.command()
 @cli_errors
 def merge(
-    folder: Annotated[Path, typer.Argument(help="A cluster-scan's --out folder.",
-                                           show_default=False)],
+    folder: Annotated[str, typer.Argument(metavar="DIR|URI", show_default=False,
+                                          help="A cluster-scan's --out folder or URI.")],
     db: DbOption = default_db_path(),
 ) -> None:
     """Fold a cluster-scan's results into the index, so that query and write-tags see them.

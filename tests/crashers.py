@@ -21,3 +21,9 @@ def worker_pid(job: DecodeJob):
     """Decodes nothing: says which process it ran in (as a Failure's reason)."""
     from tagger.pool import Failure
     return Failure(f"pid {os.getpid()}")
+
+
+def slow_decode(job: DecodeJob):
+    """Decodes, a second per file: a run long enough to interrupt."""
+    time.sleep(1.0)
+    return decode_job(job)

@@ -31,6 +31,7 @@ from tagger.basics import DB_ENV_VAR as ENV_VAR, default_db_path
 from tagger.errors import DatabaseError, UsageError, UserError
 from tagger.fingerprint import fingerprint
 from tagger.genres import GENRES, genre_key
+from tagger.objects import is_uri
 
 SCHEMA_VERSION = 6
 
@@ -121,7 +122,10 @@ def with_real(roots: Sequence[str]) -> list[str]:
 
 
 def gone(path: str) -> bool:
-    """True if no file is at path any more (not: it cannot be looked at)."""
+    """True if no file is at path any more (not: it cannot be looked at, nor an object's
+    URI, which a cluster-scan stored: tagger does not look at object stores here)."""
+    if is_uri(path):
+        return False
     try:
         os.stat(path)
         return False
@@ -670,8 +674,7 @@ class Index:
                                       " GROUP BY t.genre ORDER BY n DESC, t.genre").fetchall())
         models = dict(self.db.execute("SELECT model_id, count(*) AS n FROM tracks GROUP BY model_id"
                                       " ORDER BY n DESC, model_id").fetchall())
-        missing = sum(not os.path.exists(from_db_path(p))
-                      for (p,) in self.db.execute("SELECT path FROM tracks"))
+        missing = sum(gone(from_db_path(p)) for (p,) in self.db.execute("SELECT path FROM tracks"))
         size = sum(os.path.getsize(f) for f in (self.path, f"{self.path}-wal") if os.path.exists(f))
         classified = status.get("ok", 0)
         return IndexStats(str(self.path), size, sum(status.values()), classified,

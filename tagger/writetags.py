@@ -18,9 +18,11 @@ from tagger import tags
 from tagger.errors import TagError, UsageError, UserError
 from tagger.genres import DISPLAY_NAMES, genre_key
 from tagger.index import Index, existing_index, under, with_real
+from tagger.objects import is_uri
 
 STALE = "changed since it was scanned (the prediction may not be its own); run `tagger scan` on it first"
 VANISHED = "no longer exists"
+ON_A_STORE = "on object storage: tagger writes tags into local files only"
 NOT_CLASSIFIED = "not classified"
 CHANGED = ("changed since tagger wrote it (another program or a hand edit set its genre or "
            "TAGGER_ fields); left unchanged: pass --force to restore it anyway")
@@ -99,6 +101,7 @@ class TagStats:
 
 
 _SHORT = {STALE: "changed since the scan", VANISHED: "vanished", NOT_CLASSIFIED: NOT_CLASSIFIED,
+          ON_A_STORE: "on object storage",
           REPLACED: "moved or replaced since write-tags", CHANGED: "changed since tagger wrote it",
           MAYBE_CHANGED: "changed since tagger wrote it"}
 
@@ -123,6 +126,8 @@ def chosen_genres(probabilities: dict[str, float], top_k: int, min_confidence: f
 
 
 def _stat(path: str) -> os.stat_result:
+    if is_uri(path):                        # a cluster-scan's row: s3://, gs://...
+        raise TagError(ON_A_STORE, path)
     try:
         return os.stat(path)
     except FileNotFoundError:

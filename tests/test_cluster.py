@@ -316,3 +316,21 @@ def test_sigterm_ends_the_run_as_ctrl_c_does(ray_local, model_path, tmp_path, mo
     assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler
     run("merge", tmp_path / "out", "--db", tmp_path / "i.db")
     assert len(index_rows(tmp_path / "i.db")) == stats.classified
+
+
+def test_an_objects_row_is_neither_pruned_nor_missing_and_write_tags_says_why_not(tmp_path):
+    """merge stores an object's URI as its path: tagger cannot look at the store from here,
+    so the row stays, and write-tags skips it with its reason."""
+    from tagger.index import Index, TrackResult
+    db = tmp_path / "index.db"
+    with Index(db) as index:
+        index.note_model("m", 0.3)
+        index.store([TrackResult("s3://label/a.mp3", 10, 1, "m", "ok", {"jazz": 0.9, "rock": 0.1},
+                                 None, 30.0, None)])
+    assert "Removed 0 tracks" in run("prune", "--db", db).stdout
+    assert "Missing on disk" not in run("stats", "--db", db).stdout
+    said = run("write-tags", "--db", db, "--verbose")
+    assert "on object storage: 1" in said.stdout, said.output
+    assert "s3://label/a.mp3: on object storage: tagger writes tags into local files only" in \
+        said.output
+    assert "s3://label/a.mp3" in run("query", "--db", db).stdout

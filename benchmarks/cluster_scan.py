@@ -8,7 +8,9 @@ real process as a user runs it; then prints:
 - tracks/s of each whole run (start-up included) and their ratio, cluster-scan / scan
 - one file: seconds for each command on a folder of one track, its fixed cost (imports, model
   load; for cluster-scan also Ray's start-up, actor start-up, Parquet write, Ray's shutdown)
-- steady tracks/s: the rate with that fixed cost taken out, (N - 1) / (t_N - t_1)
+- steady tracks/s: the rate with that fixed cost taken out, (N - 1) / (t_N - t_1); high
+  where start-up overlaps decoding (scan loads its model while its workers decode, so its
+  one-file time is not all fixed cost): trust it with tens of tracks or more
 - peak RSS of each run's whole process tree (the command, and for cluster-scan Ray's GCS,
   raylet, agents, workers and the decode actors' pool processes; shared pages such as
   libraries and Ray's object store are counted once per process, as benchmarks/scan.py does)

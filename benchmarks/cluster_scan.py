@@ -141,6 +141,8 @@ def main() -> None:
         for path in tracks[: args.tracks]:
             os.link(path, folder / path.name)
     files = sorted(c.path for c in crawl([folder]))
+    if not files:
+        raise SystemExit(f"no audio files in {folder}")
     one = work / "one"
     shutil.rmtree(one, ignore_errors=True)
     one.mkdir(parents=True)

@@ -166,6 +166,7 @@ def main() -> None:
         return cluster_run([sys.executable, "-c", RAY_ALONE, str(w)])
 
     runs: dict[str, list] = {}
+    load = os.getloadavg()[0]
     for _ in range(args.repeat):           # each round runs everything once, in turn
         for name, measure in (("scan", lambda: scan(folder, "scan")),
                               ("cluster", lambda: cluster(folder, "out")),
@@ -190,7 +191,7 @@ def main() -> None:
     rate = {k: "n/a" if v is None else f"{v:.2f}" for k, v in steady.items()}
     print(f"library: {folder} ({n} tracks{'' if args.library else f', {len(FORMATS)} formats'}); "
           f"model: {model} ({model_id}); batch size {args.batch_size}; "
-          f"CPUs: {len(os.sched_getaffinity(0))}; median of {args.repeat}")
+          f"median of {args.repeat}")
     print(f"{'':34s}{'scan':>10s}{'cluster-scan':>14s}")
     rows = [("tracks", f"{n}", f"{n}"),
             ("whole run, s", f"{t['scan']:.1f}", f"{t['cluster']:.1f}"),
@@ -201,6 +202,10 @@ def main() -> None:
             ("decode processes", f"{w}", f"{w}")]
     for label, a, b in rows:
         print(f"{label:34s}{a:>10s}{b:>14s}")
+    print("each round, s: " + "; ".join(f"{k} " + " ".join(f"{m[0]:.1f}" for m in r)
+                                        for k, r in runs.items() if k != "ray"))
+    print(f"load average (1 min) before/after: {load:.1f}/{os.getloadavg()[0]:.1f} "
+          f"on {len(os.sched_getaffinity(0))} CPUs (other work skews every figure)")
     ratio = f"{steady['cluster'] / steady['scan']:.2f}" if all(steady.values()) else "n/a"
     print(f"ratio cluster-scan / scan: {t['scan'] / t['cluster']:.2f} whole run, {ratio} steady")
     print(f"Ray alone: import {ray_import:.1f} s, init {ray_init:.1f} s, shutdown {ray_down:.1f} s "

@@ -2,33 +2,33 @@
 
 The same library (benchmarks/scan.py's synthetic one: 3-5 minute tracks in 7 formats, or a
 real folder with --library) goes through a cold `tagger scan` (fresh index, --workers W) and a
-cold `tagger cluster-scan` (fresh --out, --decoders W, so both decode in W processes), each a
-real process as a user runs it; then prints:
+cold `tagger cluster-scan` (fresh --out, --decoders W unless --decoders says otherwise), each a
+real process as a user runs it, in turn (--repeat rounds, medians); then prints:
 
 - tracks/s of each whole run (start-up included) and their ratio, cluster-scan / scan
-- one file: seconds for each command on a folder of one track, its fixed cost (imports, model
-  load; for cluster-scan also Ray's start-up, actor start-up, Parquet write, Ray's shutdown)
-- steady tracks/s: the rate with that fixed cost taken out, (N - 1) / (t_N - t_1); high
-  where start-up overlaps decoding (scan loads its model while its workers decode, so its
-  one-file time is not all fixed cost): trust it with tens of tracks or more
-- peak RSS of each run's whole process tree (the command, and for cluster-scan Ray's GCS,
-  raylet, agents, workers and the decode actors' pool processes; shared pages such as
-  libraries and Ray's object store are counted once per process, as benchmarks/scan.py does)
+- one file, s: each command on a folder of one track: the fixed cost (imports, model load;
+  for cluster-scan also Ray's start-up, actor start-up, Parquet write, Ray's shutdown)
+- steady tracks/s, (N - 1) / (t_N - t_1): the rate without that fixed cost; too high where
+  start-up overlaps decoding (scan loads its model while its workers decode): use tens of tracks
+- peak RSS of each run's process tree (for cluster-scan Ray's GCS, raylet, agents, workers and
+  the decode actors' pool processes; shared pages, libraries and Ray's object store, count
+  once per process that maps them, as in benchmarks/scan.py)
 - Ray alone: `import ray`, `ray.init(num_cpus=W, include_dashboard=False)`, `ray.shutdown()`
-  timed in a bare interpreter, and its peak RSS
-- agree: after `tagger merge OUT --db`, both indexes hold the same paths, status and genre per
-  path, and probabilities within 1e-6
-- an estimate for more nodes: the steady rate per decode process (cluster-scan is
-  decode-bound: each decode process runs tagger's own decoder on one file at a time)
+- agree: after `tagger merge OUT --db`, both indexes hold the same paths, and per path the
+  same status, genre and probabilities (within 1e-6)
+- cluster-scan's stages, from Ray Data's own log: actor start-up, decoding, the model, the
+  Parquet write, and whether the model ran while decoding (it cannot when the decode actors
+  hold every CPU: Ray then starts the model actor only once they are done)
+- decode-bound: the decode stage's tracks/s per decode process, the figure to multiply by the
+  decode processes of a cluster, and the model actor's own rate, where that stops
 
     python benchmarks/cluster_scan.py --tracks 60 --workers 2
-    python benchmarks/cluster_scan.py --tracks 60 --workers 2 --model fast --repeat 3
+    python benchmarks/cluster_scan.py --tracks 60 --workers 2 --decoders 1 --model fast --repeat 3
     python benchmarks/cluster_scan.py --library ~/Music --workers 2     # a real folder
 
 Needs the [cluster] extra (ray[data]). The model is the shipped default unless --model names
-another checkpoint or shipped model ("fast"). On a machine with few cores the decode
-processes, the model and Ray's own daemons share them: the per-process rate measured there is
-a floor for a node whose cores decode only.
+another checkpoint or shipped model ("fast"). On few cores the decoders, the model and Ray's
+daemons share them: the per-process rate measured there is a floor for a node's decode cores.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -82,16 +83,49 @@ def survivors(mark: str, wait: float = 10.0) -> list[str]:
         time.sleep(0.5)
 
 
-def cluster_run(cmd: list[str]) -> tuple[float, int, str]:
+def phases(ray_tmp: Path) -> dict[str, float]:
+    """Seconds of each stage of a cluster-scan, from the DEBUG lines of Ray Data's own log
+    (Ray 2.60's wording; {} where they are not found): actor start-up (execution start to the
+    first decode task), decode and model (each operator's first task to its completion),
+    write (the Parquet dataset's execution), and how long after decoding the model began."""
+    marks: dict[str, list] = {}
+    for log in sorted(ray_tmp.glob("ray/session_*/logs/ray-data/ray-data-dataset_*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            for key, text in (("start", "Starting execution of Dataset"),
+                              ("decode", "Executing map task of operator MapBatches(Decoder)"),
+                              ("decoded", "Operator ActorPoolMapOperator[MapBatches(Decoder)] completed"),
+                              ("model", "Executing map task of operator MapBatches(Classify)"),
+                              ("modelled", "Operator ActorPoolMapOperator[MapBatches(Classify)] completed"),
+                              ("finished", "execution finished in")):
+                if text in line:
+                    marks.setdefault(key, []).append(
+                        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    try:
+        return {"actors": min(marks["decode"]) - min(marks["start"]),
+                "decode": max(marks["decoded"]) - min(marks["decode"]),
+                "model": max(marks["modelled"]) - min(marks["model"]),
+                "write": max(marks["finished"]) - max(marks["start"]),
+                "after": min(marks["model"]) - max(marks["decoded"])}
+    except (KeyError, ValueError):
+        return {}
+
+
+def cluster_run(cmd: list[str]) -> tuple[float, int, str, dict]:
+    """run_measured's figures, and the run's phases. The run gets its own Ray temp folder
+    (RAY_TMPDIR, short: Ray's socket paths must fit 107 bytes), so that its logs are found."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt"))
     os.environ[MARK] = mark = uuid.uuid4().hex
+    os.environ["RAY_TMPDIR"] = str(ray_tmp)
     try:
         measured = run_measured(cmd)
     finally:
-        del os.environ[MARK]
+        del os.environ[MARK], os.environ["RAY_TMPDIR"]
     left = survivors(mark)
     if left:
         print(f"warning: Ray left {len(left)} processes running after the run: {sorted(set(left))}")
-    return measured
+    found = phases(ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    return (*measured, found)
 
 
 def index_rows(db: Path) -> dict[str, tuple]:
@@ -120,6 +154,8 @@ def main() -> None:
     ap.add_argument("--tracks", type=int, default=60, help="tracks in the synthetic library")
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                     help="scan's --workers and cluster-scan's --decoders")
+    ap.add_argument("--decoders", type=int, help="cluster-scan's --decoders (default: "
+                    "--workers; cluster-scan's own default is Ray's CPUs less one)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=1, help="rounds (the median is printed)")
     ap.add_argument("--model", type=Path, help="checkpoint, or a shipped model's name "
@@ -147,22 +183,22 @@ def main() -> None:
     shutil.rmtree(one, ignore_errors=True)
     one.mkdir(parents=True)
     (one / Path(files[0]).name).symlink_to(files[0])
-    n, w = len(files), args.workers
+    n, w, d = len(files), args.workers, args.decoders or args.workers
     tagger = [sys.executable, "-m", "tagger"]
     common = ["--model", str(model), "--batch-size", str(args.batch_size)]
 
-    def scan(target: Path, name: str) -> tuple[float, int, str]:
+    def scan(target: Path, name: str) -> tuple:
         for f in work.glob(f"{name}.db*"):
             f.unlink()
         return run_measured(tagger + ["scan", str(target), "--db", str(work / f"{name}.db"),
                                       "--workers", str(w)] + common)
 
-    def cluster(target: Path, name: str) -> tuple[float, int, str]:
+    def cluster(target: Path, name: str) -> tuple:
         shutil.rmtree(work / name, ignore_errors=True)
         return cluster_run(tagger + ["cluster-scan", str(target), "--out", str(work / name),
-                                     "--decoders", str(w)] + common)
+                                     "--decoders", str(d)] + common)
 
-    def ray_alone() -> tuple[float, int, str]:
+    def ray_alone() -> tuple:
         return cluster_run([sys.executable, "-c", RAY_ALONE, str(w)])
 
     runs: dict[str, list] = {}
@@ -199,7 +235,7 @@ def main() -> None:
             ("one file, s (fixed cost)", f"{t['scan one']:.1f}", f"{t['cluster one']:.1f}"),
             ("steady tracks/s, (N-1)/(tN-t1)", rate["scan"], rate["cluster"]),
             ("peak RSS of the tree, MiB", f"{peak['scan']:.0f}", f"{peak['cluster']:.0f}"),
-            ("decode processes", f"{w}", f"{w}")]
+            ("decode processes", f"{w}", f"{d}")]
     for label, a, b in rows:
         print(f"{label:34s}{a:>10s}{b:>14s}")
     print("each round, s: " + "; ".join(f"{k} " + " ".join(f"{m[0]:.1f}" for m in r)
@@ -211,11 +247,18 @@ def main() -> None:
     print(f"Ray alone: import {ray_import:.1f} s, init {ray_init:.1f} s, shutdown {ray_down:.1f} s "
           f"(num_cpus={w}), peak RSS {peak['ray']:.0f} MiB")
     print(f"agree: {'no' if bad else 'yes'} ({len(bad)} tracks differ)")
-    if steady["cluster"]:
-        print(f"decode-bound: about {steady['cluster'] / w:.2f} tracks/s per decode process "
-              f"(measured here) x processes, until the model actors saturate")
-    else:
-        print("decode-bound: no steady rate measured (more --tracks, or --repeat)")
+    ph = median["cluster"][3]
+    if ph:
+        print(f"cluster-scan's stages (Ray Data's log): actors start {ph['actors']:.1f} s, "
+              f"decode {ph['decode']:.1f} s ({n / ph['decode']:.2f} tracks/s), model "
+              f"{ph['model']:.1f} s ({n / ph['model']:.2f} tracks/s), Parquet write {ph['write']:.1f} s; "
+              + (f"the model began {ph['after']:.1f} s after decoding ended" if ph["after"] > 0
+                 else "the model ran while decoding"))
+    per = n / ph["decode"] / d if ph else steady["cluster"] and steady["cluster"] / d
+    if per:
+        print(f"decode-bound: about {per:.2f} tracks/s per decode process (measured here) x "
+              f"processes, until the model actors saturate"
+              + (f" (one here: {n / ph['model']:.1f} tracks/s)" if ph else ""))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ real process as a user runs it, in turn (--repeat rounds, medians); then prints:
   Parquet write, and whether the model ran while decoding (it cannot when the decode actors
   hold every CPU: Ray then starts the model actor only once they are done)
 - decode-bound: the decode stage's tracks/s per decode process, the figure to multiply by the
-  decode processes of a cluster, and the model actor's own rate, where that stops
+  decode processes of a cluster, and the model actor's rate, where that stops (a floor where
+  the model ran while decoding, since it then also waited for the decoders)
 
     python benchmarks/cluster_scan.py --tracks 60 --workers 2
     python benchmarks/cluster_scan.py --tracks 60 --workers 2 --decoders 1 --model fast --repeat 3
@@ -71,35 +72,32 @@ def survivors(mark: str, wait: float = 10.0) -> list[str]:
     """Names of processes still alive `wait` seconds after the run that carry its marker."""
     deadline = time.monotonic() + wait
     while True:
-        found = []
-        for p in psutil.process_iter(["name"]):
-            try:
-                if p.environ().get(MARK) == mark:
-                    found.append(p.info["name"])
-            except psutil.Error:
-                pass
+        found = [p.info["name"] for p in psutil.process_iter(["name", "environ"])
+                 if (p.info["environ"] or {}).get(MARK) == mark]
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
 
 
+STAGES = {"start": "Starting execution of Dataset",      # Ray Data 2.60's DEBUG log lines
+          "decode": "Executing map task of operator MapBatches(Decoder)",
+          "decoded": "Operator ActorPoolMapOperator[MapBatches(Decoder)] completed",
+          "model": "Executing map task of operator MapBatches(Classify)",
+          "modelled": "Operator ActorPoolMapOperator[MapBatches(Classify)] completed",
+          "finished": "execution finished in"}
+
+
 def phases(ray_tmp: Path) -> dict[str, float]:
-    """Seconds of each stage of a cluster-scan, from the DEBUG lines of Ray Data's own log
-    (Ray 2.60's wording; {} where they are not found): actor start-up (execution start to the
-    first decode task), decode and model (each operator's first task to its completion),
-    write (the Parquet dataset's execution), and how long after decoding the model began."""
+    """Seconds of each stage of a cluster-scan, from Ray Data's own log ({} where its lines
+    are not found): actor start-up (execution start to the first decode task), decode and
+    model (each operator's first task to its completion), write (the Parquet dataset's
+    execution), and how long after decoding ended the model began."""
     marks: dict[str, list] = {}
     for log in sorted(ray_tmp.glob("ray/session_*/logs/ray-data/ray-data-dataset_*.log")):
         for line in log.read_text(errors="replace").splitlines():
-            for key, text in (("start", "Starting execution of Dataset"),
-                              ("decode", "Executing map task of operator MapBatches(Decoder)"),
-                              ("decoded", "Operator ActorPoolMapOperator[MapBatches(Decoder)] completed"),
-                              ("model", "Executing map task of operator MapBatches(Classify)"),
-                              ("modelled", "Operator ActorPoolMapOperator[MapBatches(Classify)] completed"),
-                              ("finished", "execution finished in")):
-                if text in line:
-                    marks.setdefault(key, []).append(
-                        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+            for key in (key for key, text in STAGES.items() if text in line):
+                marks.setdefault(key, []).append(
+                    datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp())
     try:
         return {"actors": min(marks["decode"]) - min(marks["start"]),
                 "decode": max(marks["decoded"]) - min(marks["decode"]),
@@ -252,13 +250,14 @@ def main() -> None:
         print(f"cluster-scan's stages (Ray Data's log): actors start {ph['actors']:.1f} s, "
               f"decode {ph['decode']:.1f} s ({n / ph['decode']:.2f} tracks/s), model "
               f"{ph['model']:.1f} s ({n / ph['model']:.2f} tracks/s), Parquet write {ph['write']:.1f} s; "
-              + (f"the model began {ph['after']:.1f} s after decoding ended" if ph["after"] > 0
-                 else "the model ran while decoding"))
+              + ("the model ran while decoding" if ph["after"] < 0 else "the model began "
+                 + (f"{ph['after']:.1f} s after" if ph["after"] >= 0.5 else "as") + " decoding ended"))
     per = n / ph["decode"] / d if ph else steady["cluster"] and steady["cluster"] / d
     if per:
         print(f"decode-bound: about {per:.2f} tracks/s per decode process (measured here) x "
               f"processes, until the model actors saturate"
-              + (f" (one here: {n / ph['model']:.1f} tracks/s)" if ph else ""))
+              + (f" (one here: {'at least ' if ph['after'] <= 0 else ''}"
+                 f"{n / ph['model']:.1f} tracks/s)" if ph else ""))
 
 
 if __name__ == "__main__":

@@ -457,9 +457,20 @@ def cluster_scan(
     stats = cluster.ClusterStats()
 
     def on_start(total: int) -> None:
-        if stats.unchanged:
-            err.print(f"{total} files to classify; {stats.unchanged} unchanged since the "
-                      "results under --out.", highlight=False)
+        if not total:
+            return
+        where = f"{stats.cpus:g} CPUs" + (f" and {stats.gpus} GPUs" if stats.gpus else "")
+        err.print(f"{total} files to classify on {where}: {stats.decoders} decode "
+                  f"actor{'s' if stats.decoders > 1 else ''}, "
+                  f"{stats.models} model actor{'s' if stats.models > 1 else ''}"
+                  + (f"; {stats.unchanged} unchanged since the results under --out."
+                     if stats.unchanged else "."), highlight=False)
+        if stats.crowded:
+            err.print(f"Warning: {stats.decoders} decode actors and {stats.models} model "
+                      f"actor{'s' if stats.models > 1 else ''} ask for more than Ray's "
+                      f"{stats.cpus:g} CPUs: the model may wait until decoding ends, with every "
+                      "decoded track held in Ray's object store; give fewer --decoders.",
+                      highlight=False)
 
     try:
         cluster.cluster_scan(sources, out_dir, model, exclude=exclude, force=force,

@@ -45,6 +45,14 @@ FLUSH_ROWS, FLUSH_SECONDS = 2000, 60.0     # a results file at least this often
 class ClusterStats(ScanStats):
     not_utf8: int = 0       # files left out: names that are not UTF-8 (Parquet cannot hold them)
     files: int = 0          # results files written by this run
+    # what the run asked of the cluster (see _settings)
+    cpus: float = 0.0
+    gpus: int = 0
+    decoders: int = 0
+    models: int = 0
+    model_cpus: float = 0.0
+    batch_size: int = 0
+    crowded: bool = False
 
 
 def _ray():
@@ -327,7 +335,8 @@ def cluster_scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     `models` model actors (a GPU and a CPU each where the cluster has GPUs and device is not
     cpu, else half a CPU each), batch_size
     tracks per model batch (default 64 on GPUs, else 16). `function` is the decoder (tests
-    give others). on_start(n) is called with the number of files to classify. Results are
+    give others). on_start(n) is called with the number of files to classify, once `stats`
+    says what the run asks of the cluster (see _settings). Results are
     written as they come, a file at least every FLUSH_ROWS rows or FLUSH_SECONDS seconds,
     so an interrupted run (KeyboardInterrupt; SIGTERM raises one too) keeps what was
     classified, and a rerun does the rest. Returns the stats, as `scan` counts them (`stats`, if given, is filled in as
@@ -344,18 +353,21 @@ def cluster_scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     listed, stats.not_utf8 = listing(sources, exclude)
     todo = plan(listed, previous_results(out), model_id, force)
     stats.unchanged = len(listed) - len(todo)
-    if on_start:
-        on_start(len(todo))
     if not len(todo):
+        if on_start:
+            on_start(0)
         return stats
     started = not ray.is_initialized()
     if started:
         ray.init(include_dashboard=False, log_to_driver=False)
     writer = ResultWriter(out)
     try:
+        _settings(ray, stats, device, decoders, models, batch_size)
+        if on_start:
+            on_start(len(todo))
         with _sigterm_interrupts():
-            for batch in _pipeline(ray, todo, excerpts, model_path, device, decoders, models,
-                                   batch_size, decode_timeout, function, progress):
+            for batch in _pipeline(ray, todo, excerpts, model_path, stats, decode_timeout,
+                                   function, progress):
                 writer.add(batch)
                 for row in batch.select(["path", "size", "mtime_ns", "model_id", "status",
                                          "probabilities", "error", "duration", "fingerprint",
@@ -372,27 +384,43 @@ def cluster_scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     return stats
 
 
-def _pipeline(ray, todo, excerpts, model_path, device, decoders, models, batch_size,
-              decode_timeout, function, progress):
+def _settings(ray, stats: ClusterStats, device: str, decoders: int | None, models: int,
+              batch_size: int | None) -> None:
+    """The run's actors and batch size, from what the cluster has, into `stats`. A model
+    actor asks for a CPU beside its GPU (Ray Data would give it one anyway), half a CPU
+    without; the decoders take the CPUs left, unless told otherwise. More than that is
+    `crowded`: Ray may then start the model actors only when decoding is done, holding every
+    decoded track in its object store meanwhile."""
+    resources = ray.cluster_resources()
+    stats.gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
+    if device == "cuda" and not stats.gpus:
+        raise UserError("--device cuda: this Ray cluster has no GPUs; leave --device out, or "
+                        "give the cluster GPU nodes")
+    stats.cpus = resources.get("CPU", 1)
+    stats.model_cpus = 1.0 if stats.gpus else 0.5
+    room = int(stats.cpus - models * stats.model_cpus)
+    stats.decoders, stats.models = decoders or max(1, room), models
+    stats.crowded = stats.decoders > room
+    stats.batch_size = batch_size or (64 if stats.gpus else 16)
+
+
+def _pipeline(ray, todo, excerpts, model_path, stats: ClusterStats, decode_timeout, function,
+              progress):
     """The result batches of decoding and classifying `todo` on Ray Data, as they come."""
     ray.data.DataContext.get_current().enable_progress_bars = progress
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0) if device != "cpu" else 0
-    # A model actor asks for a CPU beside its GPU (Ray Data would give it one anyway), half
-    # a CPU without; the decoders take the CPUs left.
-    model_cpus = 1.0 if gpus else 0.5
-    decoders = decoders or max(1, int(resources.get("CPU", 1) - models * model_cpus))
-    batch_size = batch_size or (64 if gpus else 16)
-    block = max(batch_size, min(1000, math.ceil(len(todo) / (4 * decoders))))
+    batch_size = stats.batch_size
+    # Blocks of at most 1,000 files, four a decoder at least: every decoder has work, and a
+    # decoder's batch is at most a block (the model's batches gather several).
+    block = max(1, min(1000, math.ceil(len(todo) / (4 * stats.decoders))))
     return (ray.data.from_arrow([todo.slice(i, block) for i in range(0, len(todo), block)])
             .map_batches(Decoder, fn_constructor_args=(excerpts, decode_timeout, function),
-                         batch_format="pyarrow", batch_size=batch_size,
-                         compute=ray.data.ActorPoolStrategy(size=decoders), num_cpus=1)
+                         batch_format="pyarrow", batch_size=min(batch_size, block),
+                         compute=ray.data.ActorPoolStrategy(size=stats.decoders), num_cpus=1)
             .map_batches(Classify, fn_constructor_args=(Path(model_path).read_bytes(),
-                                                        "cuda" if gpus else device),
+                                                        "cuda" if stats.gpus else "cpu"),
                          batch_format="pyarrow", batch_size=batch_size,
-                         compute=ray.data.ActorPoolStrategy(size=models),
-                         num_cpus=model_cpus, num_gpus=1 if gpus else None)
+                         compute=ray.data.ActorPoolStrategy(size=stats.models),
+                         num_cpus=stats.model_cpus, num_gpus=1 if stats.gpus else None)
             .iter_batches(batch_format="pyarrow", batch_size=None))
 
 

@@ -131,11 +131,19 @@ def test_a_name_parquet_cannot_hold_is_said_not_dropped(ray_local, model_path, t
     good = write_track(tmp_path / "Music" / "good.wav", seconds=1.0)
     os.rename(write_track(tmp_path / "x.wav", seconds=1.0),
               os.path.join(os.fsencode(tmp_path / "Music"), b"bad\xff.wav"))
-    said = run("cluster-scan", tmp_path / "Music", "--out", tmp_path / "out", "--model",
-               model_path).stdout
+    done = run("cluster-scan", tmp_path / "Music", "--out", tmp_path / "out", "--model",
+               model_path, "--decoders", "2")
+    said = done.stdout
     assert "Scanned 1 tracks" in said, said
     assert ("1 file left out: its name is not UTF-8, which Parquet cannot hold; scan such "
             "files with tagger scan.") in said, said
+    # 2 decode actors at a CPU each and the model actor's half: more than Ray's 2 CPUs
+    assert "1 files to classify on 2 CPUs: 2 decode actors, 1 model actor." in done.stderr
+    assert ("Warning: 2 decode actors and 1 model actor ask for more than Ray's 2 CPUs: the "
+            "model may wait until decoding ends") in done.stderr, done.stderr
+    failed = run("cluster-scan", tmp_path / "Music", "--out", tmp_path / "out", "--model",
+                 model_path, "--force", "--device", "cuda", ok=1)
+    assert "Error: --device cuda: this Ray cluster has no GPUs" in failed.stderr
 
 
 def test_a_crashing_and_a_hanging_decoder_cost_one_row_each(ray_local, model_path, tmp_path):

@@ -165,24 +165,25 @@ def _text_manifest(path: str) -> list[str]:
 def _parquet_manifest(source: str) -> Iterator[dict]:
     pa = _pa()
     fs, path = _filesystem(source)
-    try:
-        file = pa.parquet.ParquetFile(fs.open(path, "rb"))
-    except (OSError, pa.ArrowException) as exc:
-        raise UserError(f"{source}: cannot read it as a Parquet manifest ({exc})") from None
-    names = set(file.schema_arrow.names)
-    if "path" not in names:
-        raise UserError(f"{source}: a Parquet manifest needs a 'path' column (it has "
-                        f"{', '.join(sorted(names)) or 'none'})")
-    wanted = ["path", *(c for c in ("size", "mtime_ns", "version") if c in names)]
-    if not {"size", "mtime_ns"} <= names:
-        wanted = ["path"]
     folder = os.path.dirname(os.path.abspath(source)) if not objects.is_uri(source) else ""
-    for batch in file.iter_batches(batch_size=10_000, columns=wanted):
-        for row in batch.to_pylist():
-            if row["path"] and not objects.is_uri(row["path"]) and folder:
-                row["path"] = os.path.join(folder, row["path"])
-            if row["path"]:
-                yield row
+    with fs.open(path, "rb") as f:
+        try:
+            file = pa.parquet.ParquetFile(f)
+        except (OSError, pa.ArrowException) as exc:
+            raise UserError(f"{source}: cannot read it as a Parquet manifest ({exc})") from None
+        names = set(file.schema_arrow.names)
+        if "path" not in names:
+            raise UserError(f"{source}: a Parquet manifest needs a 'path' column (it has "
+                            f"{', '.join(sorted(names)) or 'none'})")
+        wanted = ["path", *(c for c in ("size", "mtime_ns", "version") if c in names)]
+        if not {"size", "mtime_ns"} <= names:
+            wanted = ["path"]
+        for batch in file.iter_batches(batch_size=10_000, columns=wanted):
+            for row in batch.to_pylist():
+                if row["path"] and not objects.is_uri(row["path"]) and folder:
+                    row["path"] = os.path.join(folder, row["path"])
+                if row["path"]:
+                    yield row
 
 
 def previous_results(out: str | os.PathLike):

@@ -19,27 +19,26 @@ from conftest import run, write_track
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
+def tagger_without(module: str, *args) -> subprocess.CompletedProcess:
+    """The CLI in a process where importing `module` fails, as where it is not installed."""
+    code = (f"import sys; sys.modules[{module!r}] = None; from tagger.cli import main; "
+            f"sys.argv = ['tagger', *{[str(a) for a in args]!r}]; main()")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+
+
 def test_cluster_scan_without_ray_says_how_to_install(tmp_path):
     write_track(tmp_path / "Music" / "one.wav", seconds=1.0)
-    code = ("import sys; sys.modules['ray'] = None; from tagger.cli import main; "
-            f"sys.argv = ['tagger', 'cluster-scan', {str(tmp_path / 'Music')!r}, '--out', "
-            f"{str(tmp_path / 'out')!r}]; main()")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    done = tagger_without("ray", "cluster-scan", tmp_path / "Music", "--out", tmp_path / "out")
     assert done.returncode == 1, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert lines == ["Error: cluster-scan needs Ray Data: pip install 'tagger[cluster]'"], \
-        done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "Error: cluster-scan needs Ray Data: pip install 'tagger[cluster]'"], done.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_merge_without_pyarrow_says_how_to_install(tmp_path):
     (tmp_path / "out").mkdir()
-    code = ("import sys; sys.modules['pyarrow'] = None; from tagger.cli import main; "
-            f"sys.argv = ['tagger', 'merge', {str(tmp_path / 'out')!r}, '--db', "
-            f"{str(tmp_path / 'index.db')!r}]; main()")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    done = tagger_without("pyarrow", "merge", tmp_path / "out", "--db", tmp_path / "index.db")
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
         "Error: merge needs Ray Data: pip install 'tagger[cluster]'"], done.stderr

@@ -2,12 +2,12 @@
 
 The same library (benchmarks/scan.py's synthetic one: 3-5 minute tracks in 7 formats, or a
 real folder with --library) goes through a cold `tagger scan` (fresh index, --workers W) and a
-cold `tagger cluster-scan` (fresh --out, --decoders W unless --decoders says otherwise), each a
+cold `tagger cluster-scan` (fresh --out, its own default decoders unless --decoders), each a
 real process as a user runs it, in turn (--repeat rounds, medians); then prints:
 
 - tracks/s of each whole run (start-up included) and their ratio, cluster-scan / scan
 - one file, s: each command on a folder of one track: the fixed cost (imports, model load;
-  for cluster-scan also Ray's start-up, actor start-up, Parquet write, Ray's shutdown)
+  for cluster-scan also Ray's start-up, actor start-up, Ray's shutdown)
 - steady tracks/s, (N - 1) / (t_N - t_1): the rate without that fixed cost; too high where
   start-up overlaps decoding (scan loads its model while its workers decode): use tens of tracks
 - peak RSS of each run's process tree (for cluster-scan Ray's GCS, raylet, agents, workers and
@@ -17,14 +17,15 @@ real process as a user runs it, in turn (--repeat rounds, medians); then prints:
 - agree: after `tagger merge OUT --db`, both indexes hold the same paths, and per path the
   same status, genre and probabilities (within 1e-6)
 - cluster-scan's stages, from Ray Data's own log: actor start-up, decoding, the model, the
-  Parquet write, and whether the model ran while decoding (it cannot when the decode actors
-  hold every CPU: Ray then starts the model actor only once they are done)
+  whole execution (the driver writes the results as they come), and whether the model ran
+  while decoding (it may not when the decode actors hold every CPU: Ray can then start the
+  model actor only once they are done; cluster-scan warns of that)
 - decode-bound: the decode stage's tracks/s per decode process, the figure to multiply by the
   decode processes of a cluster, and the model actor's rate, where that stops (a floor where
   the model ran while decoding, since it then also waited for the decoders)
 
     python benchmarks/cluster_scan.py --tracks 60 --workers 2
-    python benchmarks/cluster_scan.py --tracks 60 --workers 2 --decoders 1 --model fast --repeat 3
+    python benchmarks/cluster_scan.py --tracks 60 --workers 2 --model fast --repeat 3
     python benchmarks/cluster_scan.py --library ~/Music --workers 2     # a real folder
 
 Needs the [cluster] extra (ray[data]). The model is the shipped default unless --model names
@@ -90,8 +91,8 @@ STAGES = {"start": "Starting execution of Dataset",      # Ray Data 2.60's DEBUG
 def phases(ray_tmp: Path) -> dict[str, float]:
     """Seconds of each stage of a cluster-scan, from Ray Data's own log ({} where its lines
     are not found): actor start-up (execution start to the first decode task), decode and
-    model (each operator's first task to its completion), write (the Parquet dataset's
-    execution), and how long after decoding ended the model began."""
+    model (each operator's first task to its completion), the dataset's whole execution,
+    and how long after decoding ended the model began."""
     marks: dict[str, list] = {}
     for log in sorted(ray_tmp.glob("ray/session_*/logs/ray-data/ray-data-dataset_*.log")):
         for line in log.read_text(errors="replace").splitlines():
@@ -102,7 +103,7 @@ def phases(ray_tmp: Path) -> dict[str, float]:
         return {"actors": min(marks["decode"]) - min(marks["start"]),
                 "decode": max(marks["decoded"]) - min(marks["decode"]),
                 "model": max(marks["modelled"]) - min(marks["model"]),
-                "write": max(marks["finished"]) - max(marks["start"]),
+                "execution": max(marks["finished"]) - min(marks["start"]),
                 "after": min(marks["model"]) - max(marks["decoded"])}
     except (KeyError, ValueError):
         return {}
@@ -151,9 +152,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracks", type=int, default=60, help="tracks in the synthetic library")
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                    help="scan's --workers and cluster-scan's --decoders")
-    ap.add_argument("--decoders", type=int, help="cluster-scan's --decoders (default: "
-                    "--workers; cluster-scan's own default is Ray's CPUs less one)")
+                    help="scan's --workers")
+    ap.add_argument("--decoders", type=int, help="cluster-scan's --decoders (default: its "
+                    "own, the CPUs its model actor leaves: one less than the CPUs here)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=1, help="rounds (the median is printed)")
     ap.add_argument("--model", type=Path, help="checkpoint, or a shipped model's name "
@@ -181,7 +182,8 @@ def main() -> None:
     shutil.rmtree(one, ignore_errors=True)
     one.mkdir(parents=True)
     (one / Path(files[0]).name).symlink_to(files[0])
-    n, w, d = len(files), args.workers, args.decoders or args.workers
+    n, w = len(files), args.workers
+    d = args.decoders or max(1, int(len(os.sched_getaffinity(0)) - 0.5))   # cluster-scan's default
     tagger = [sys.executable, "-m", "tagger"]
     common = ["--model", str(model), "--batch-size", str(args.batch_size)]
 
@@ -193,8 +195,8 @@ def main() -> None:
 
     def cluster(target: Path, name: str) -> tuple:
         shutil.rmtree(work / name, ignore_errors=True)
-        return cluster_run(tagger + ["cluster-scan", str(target), "--out", str(work / name),
-                                     "--decoders", str(d)] + common)
+        return cluster_run(tagger + ["cluster-scan", str(target), "--out", str(work / name)]
+                           + (["--decoders", str(d)] if args.decoders else []) + common)
 
     def ray_alone() -> tuple:
         return cluster_run([sys.executable, "-c", RAY_ALONE, str(w)])
@@ -249,7 +251,7 @@ def main() -> None:
     if ph:
         print(f"cluster-scan's stages (Ray Data's log): actors start {ph['actors']:.1f} s, "
               f"decode {ph['decode']:.1f} s ({n / ph['decode']:.2f} tracks/s), model "
-              f"{ph['model']:.1f} s ({n / ph['model']:.2f} tracks/s), Parquet write {ph['write']:.1f} s; "
+              f"{ph['model']:.1f} s ({n / ph['model']:.2f} tracks/s), all {ph['execution']:.1f} s; "
               + ("the model ran while decoding" if ph["after"] < 0 else "the model began "
                  + (f"{ph['after']:.1f} s after" if ph["after"] >= 0.5 else "as") + " decoding ended"))
     per = n / ph["decode"] / d if ph else steady["cluster"] and steady["cluster"] / d

@@ -81,6 +81,10 @@ def listing_schema():
                       ("version", pa.string()), ("error", pa.string())])
 
 
+FIELDS = ("path", "size", "mtime_ns", "version", "model_id", "status", "probabilities",
+          "error", "duration", "fingerprint", "uncertain_below")      # what merge reads
+
+
 def results_schema():
     """A results file's columns: the index's, and the object's ETag or generation (version;
     null for a local file) and the model's threshold for "uncertain" (which merge records,
@@ -194,7 +198,7 @@ def previous_results(out: str | os.PathLike):
     columns = ["path", "size", "mtime_ns", "version", "model_id", "status"]
     tables = []
     for n, name in enumerate(_result_names(fs, folder)):
-        with fs.open(name, "rb") as f:
+        with fs.open(name, "rb") as f, _unreadable(name):
             table = pa.parquet.read_table(f, columns=columns)
         tables.append(table.append_column("seq", pa.array(
             np.arange(len(table), dtype=np.int64) + (n << 32))))
@@ -514,9 +518,23 @@ def read_results(out: str | os.PathLike) -> Iterator[list[dict]]:
         raise UserError(f"{os.fspath(out)}: no Parquet files here; give the --out folder "
                         "of a cluster-scan")
     for name in names:
-        with fs.open(name, "rb") as f:
-            for batch in pa.parquet.ParquetFile(f).iter_batches(batch_size=2000):
+        with fs.open(name, "rb") as f, _unreadable(name):
+            file = pa.parquet.ParquetFile(f)
+            if not set(FIELDS) <= set(file.schema_arrow.names):
+                raise ValueError("not a cluster-scan's results file")
+            for batch in file.iter_batches(batch_size=2000, columns=list(FIELDS)):
                 yield batch.to_pylist()
+
+
+@contextmanager
+def _unreadable(name: str) -> Iterator[None]:
+    """A results file that cannot be read as one: a one-line UserError that names it."""
+    pa = _pa()
+    try:
+        yield
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise UserError(f"{name}: cannot read it as a cluster-scan's results ({exc}); move it "
+                        "out of the folder and run the command again") from None
 
 
 def merge(out: str | os.PathLike, db: str | os.PathLike | None = None) -> int:

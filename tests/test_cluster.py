@@ -341,3 +341,25 @@ def test_an_objects_row_is_neither_pruned_nor_missing_and_write_tags_says_why_no
     assert "s3://label/a.mp3: on object storage: tagger writes tags into local files only" in \
         said.output
     assert "s3://label/a.mp3" in run("query", "--db", db).stdout
+
+
+def test_a_damaged_results_file_is_named_and_nothing_else_is_lost(tmp_path):
+    pytest.importorskip("pyarrow")
+    from tagger.cluster import ResultWriter
+    writer = ResultWriter(tmp_path / "out")
+    writer.add(results_table([{"path": str(tmp_path / "a.wav"), "size": 10, "mtime_ns": 1,
+                               "model_id": "m", "status": "ok",
+                               "probabilities": [("jazz", 0.9), ("rock", 0.1)]}]))
+    writer.flush()
+    good = next((tmp_path / "out").glob("*.parquet"))
+    bad = tmp_path / "out" / "zz-cut-short.parquet"
+    bad.write_bytes(good.read_bytes()[:40])
+    for args in (["merge", tmp_path / "out", "--db", tmp_path / "index.db"],
+                 ["cluster-scan", tmp_path, "--out", tmp_path / "out"]):
+        failed = run(*args, ok=1)
+        assert f"{bad}: cannot read it as a cluster-scan's results" in failed.stderr, \
+            failed.output
+        assert "move it out of the folder and run the command again" in failed.stderr
+    bad.unlink()
+    assert "Merged 1 tracks" in run("merge", tmp_path / "out", "--db", tmp_path / "index.db").stdout
+    assert good.exists()

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -336,19 +336,19 @@ def cluster_scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     finds, else a local one), writing results as Parquet files under `out` (a folder or an
     fsspec URI; see results_schema; merge folds them into an index). Only files that are
     new, changed or stale against the results already under `out` go (see plan), all with
-    `force`. `decoders` decode actors (default: the CPUs that the model actors leave, at least one),
-    `models` model actors (a GPU and a CPU each where the cluster has GPUs and device is not
-    cpu, else half a CPU each), batch_size
-    tracks per model batch (default 64 on GPUs, else 16). `function` is the decoder (tests
-    give others). on_start(n) is called with the number of files to classify, once `stats`
-    says what the run asks of the cluster (see _settings). Results are
-    written as they come, a file at least every FLUSH_ROWS rows or FLUSH_SECONDS seconds,
-    so an interrupted run (KeyboardInterrupt; SIGTERM raises one too) keeps what was
-    classified, and a rerun does the rest. Returns the stats, as `scan` counts them (`stats`, if given, is filled in as
-    the run goes: what was done before an interruption)."""
+    `force`. `decoders` decode actors (default: the CPUs that the model actors leave, at
+    least one), `models` model actors (a GPU and a CPU each where the cluster has GPUs and
+    device is not cpu, else half a CPU each), batch_size tracks per model batch (default 64
+    on GPUs, else 16). `function` is the decoder (tests give others). on_start(n) is called
+    with the number of files to classify, once `stats` says what the run asks of the
+    cluster (see _settings). Results are written as they come, a file at least every
+    FLUSH_ROWS rows or FLUSH_SECONDS seconds, so an interrupted run (KeyboardInterrupt;
+    SIGTERM raises one too) keeps what was classified, and a rerun does the rest. Returns
+    the stats, as `scan` counts them (`stats`, if given, is filled in as the run goes:
+    what was done before an interruption)."""
     ray = _ray()
     from tagger.api import _load, check_paths
-    from tagger.modelfile import excerpt_settings, file_model_id, resolve_model
+    from tagger.modelfile import excerpt_settings, resolve_model
     from tagger.scanner import excerpts_of
     check_paths([s for s in sources if not objects.is_uri(os.fspath(s))],
                 "no such file or folder")

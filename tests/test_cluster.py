@@ -127,7 +127,7 @@ def test_nothing_to_scan_says_so_and_merge_says_what_it_needs(ray_local, model_p
 
 
 def test_a_name_parquet_cannot_hold_is_said_not_dropped(ray_local, model_path, tmp_path):
-    good = write_track(tmp_path / "Music" / "good.wav", seconds=1.0)
+    write_track(tmp_path / "Music" / "good.wav", seconds=1.0)
     os.rename(write_track(tmp_path / "x.wav", seconds=1.0),
               os.path.join(os.fsencode(tmp_path / "Music"), b"bad\xff.wav"))
     done = run("cluster-scan", tmp_path / "Music", "--out", tmp_path / "out", "--model",

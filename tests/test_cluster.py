@@ -53,9 +53,10 @@ def test_only_cluster_scan_and_merge_import_ray():
     assert done.stdout.strip() == "[]", done.stderr
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray on 2 CPUs; its workers import tagger and tests/crashers.py."""
+    """A local Ray on 2 CPUs; its workers import tagger and tests/crashers.py. Shut down
+    after this module: its idle processes would slow every later test."""
     ray = pytest.importorskip("ray")
     path = os.pathsep.join([TESTS, *filter(None, [os.environ.get("PYTHONPATH")])])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,

@@ -445,7 +445,7 @@ def cluster_scan(
     """Classify audio files on Ray Data, into Parquet files under --out.
 
     The same decoding and model as scan, on the Ray cluster that ray.init() finds (else a
-    local one); needs the [cluster] extra. Only files that are new, changed or scored by
+    local one); needs the \\[cluster] extra. Only files that are new, changed or scored by
     another model since the results already under --out are sent. Results are written as
     they come: after Ctrl-C, run the same command again to finish. Fold them into the
     index with tagger merge.

@@ -364,3 +364,8 @@ def test_a_damaged_results_file_is_named_and_nothing_else_is_lost(tmp_path):
     bad.unlink()
     assert "Merged 1 tracks" in run("merge", tmp_path / "out", "--db", tmp_path / "index.db").stdout
     assert good.exists()
+
+
+def test_the_help_names_the_extra_to_install():
+    said = " ".join(run("cluster-scan", "--help", env={"COLUMNS": "200"}).stdout.split())
+    assert "needs the [cluster] extra" in said, said

@@ -81,8 +81,9 @@ def listing_schema():
                       ("version", pa.string()), ("error", pa.string())])
 
 
+# what merge and the run's counts read of a results file
 FIELDS = ("path", "size", "mtime_ns", "version", "model_id", "status", "probabilities",
-          "error", "duration", "fingerprint", "uncertain_below")      # what merge reads
+          "error", "duration", "fingerprint", "uncertain_below")
 
 
 def results_schema():
@@ -374,9 +375,7 @@ def cluster_scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
             for batch in _pipeline(ray, todo, excerpts, model_path, stats, decode_timeout,
                                    function, progress):
                 writer.add(batch)
-                for row in batch.select(["path", "size", "mtime_ns", "model_id", "status",
-                                         "probabilities", "error", "duration", "fingerprint",
-                                         "uncertain_below"]).to_pylist():
+                for row in batch.select(list(FIELDS)).to_pylist():
                     stats.uncertain_below = row["uncertain_below"]
                     stats.count(result_of(row))
     finally:
@@ -459,6 +458,7 @@ class ResultWriter:
         self.last = time.monotonic()
 
     def add(self, batch) -> None:
+        """A pyarrow Table of result rows (results_schema)."""
         self.pending.append(batch)
         self.rows += len(batch)
         if self.rows >= FLUSH_ROWS or time.monotonic() - self.last >= FLUSH_SECONDS:
@@ -469,8 +469,7 @@ class ResultWriter:
         if not self.rows:
             return
         pa = _pa()
-        table = pa.Table.from_batches([b for t in self.pending for b in
-                                       (t.to_batches() if isinstance(t, pa.Table) else [t])],
+        table = pa.Table.from_batches([b for t in self.pending for b in t.to_batches()],
                                       schema=results_schema())
         name = f"{self.folder}/{self.run}-{self.files:06d}.parquet"
         self.fs.makedirs(self.folder, exist_ok=True)
